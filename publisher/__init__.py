@@ -1,0 +1,1 @@
+"""The workstation side: register models, package modules, publish deployments."""
