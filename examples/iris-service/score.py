@@ -1,0 +1,31 @@
+"""Entry script in Azure ML's style: init() once, run() per request.
+
+It runs unchanged under Azure ML's scoring server and under modelfleet's scoring host.
+"""
+
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+
+session = None
+CLASSES = ["setosa", "versicolor", "virginica"]
+
+
+def init():
+    global session
+    model_dir = os.environ["AZUREML_MODEL_DIR"]
+    path = os.path.join(model_dir, "iris", "model.onnx")
+    if not os.path.exists(path):
+        path = os.path.join(model_dir, "model.onnx")
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+
+def run(raw_data):
+    data = np.asarray(json.loads(raw_data)["data"], dtype=np.float32)
+    labels, probabilities = session.run(None, {"input": data})
+    return {
+        "predictions": [CLASSES[int(i)] for i in labels],
+        "probabilities": probabilities.round(4).tolist(),
+    }
