@@ -1,0 +1,18 @@
+"""The OCI distribution client and the media types of modelfleet's artifacts."""
+
+from modules.oci._auth import RegistryCredentials
+from modules.oci._client import Manifest, PushOutcome, RegistryClient, TransferStats
+from modules.oci._digest import sha256_bytes, sha256_file
+from modules.oci._url import normalize_registry_url, registry_host
+
+__all__ = [
+    "Manifest",
+    "PushOutcome",
+    "RegistryClient",
+    "RegistryCredentials",
+    "TransferStats",
+    "normalize_registry_url",
+    "registry_host",
+    "sha256_bytes",
+    "sha256_file",
+]
