@@ -1,0 +1,247 @@
+"""Module packages: models plus entry script and environment, as `<registry>/modules/<name>:<version>`.
+
+Model layers are taken from the model's own repository by cross-repository mount, so packaging a
+new entry script for an already registered model moves no model bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from modules._errors import InvalidPackageError
+from modules.model_config import MODEL_REPOSITORY_PREFIX
+from modules.oci import RegistryClient, TransferStats, sha256_bytes
+from modules.oci import _media_types as mt
+from modules.spec import MODULE_REPOSITORY_PREFIX, ExecutionProvider, ModelRef, ModuleSpec
+from publisher._model import Model
+from publisher._package import (
+    build_code_layer,
+    read_conda_pip_section,
+    read_requirements,
+    read_sample_input,
+    resolve_entry_script,
+)
+from publisher._versions import (
+    check_name,
+    gather_limited,
+    get_manifest,
+    next_version,
+    parse_ref,
+    resolve_version,
+    versions,
+)
+from publisher._workspace import Workspace
+
+CODE_LAYER_TITLE = "code.tar.gz"
+
+
+class Module:
+    """One packaged module version."""
+
+    def __init__(self, workspace: Workspace, name: str, version: int | None = None) -> None:
+        loaded = asyncio.run(Module.get_async(workspace, name, version))
+        self.__dict__.update(loaded.__dict__)
+
+    @classmethod
+    def _from_spec(
+        cls, workspace: Workspace, spec: ModuleSpec, digest: str, stats: TransferStats | None = None
+    ) -> Module:
+        self = cls.__new__(cls)
+        self.workspace = workspace
+        self.spec = spec
+        self.digest = digest
+        self.stats = stats
+        return self
+
+    name = property(lambda self: self.spec.name)
+    version = property(lambda self: self.spec.version)
+    id = property(lambda self: f"{self.spec.name}:{self.spec.version}")
+
+    @property
+    def repository(self) -> str:
+        return MODULE_REPOSITORY_PREFIX + self.spec.name
+
+    @property
+    def reference(self) -> str:
+        """Where an agent pulls it from, pinned by digest."""
+        return f"{self.repository}@{self.digest}"
+
+    def serialize(self) -> dict[str, Any]:
+        return {"id": self.id, "digest": self.digest, **self.spec.model_dump(mode="json")}
+
+    def __repr__(self) -> str:
+        return f"Module(name={self.name!r}, version={self.version}, digest={self.digest[:19]}...)"
+
+    # -- package ------------------------------------------------------------------------------
+
+    @classmethod
+    def package(cls, workspace: Workspace, name: str, models: Sequence[str | Model], **kwargs: Any) -> Module:
+        return asyncio.run(cls.package_async(workspace, name, models, **kwargs))
+
+    @classmethod
+    async def package_async(
+        cls,
+        workspace: Workspace,
+        name: str,
+        models: Sequence[str | Model],
+        *,
+        entry_script: str | Path | None = None,
+        source_dir: str | Path | None = None,
+        requirements: str | Path | None = None,
+        conda_file: str | Path | None = None,
+        sample_input: str | Path | None = None,
+        providers: Sequence[ExecutionProvider] | None = None,
+        description: str | None = None,
+        version: int | None = None,
+    ) -> Module:
+        check_name(name, "module")
+        if not models:
+            raise InvalidPackageError("a module needs at least one model (-m NAME[:VERSION])")
+        if requirements is not None and conda_file is not None:
+            raise InvalidPackageError("give either a requirements file or a conda file, not both")
+        entry = resolve_entry_script(entry_script, source_dir)
+        pip = (
+            read_requirements(requirements)
+            if requirements is not None
+            else read_conda_pip_section(conda_file)
+            if conda_file is not None
+            else []
+        )
+        sample = read_sample_input(sample_input) if sample_input is not None else None
+        code_layer = build_code_layer(*entry, whole_folder=source_dir is not None) if entry else None
+        repository = MODULE_REPOSITORY_PREFIX + name
+        async with workspace.registry_client() as client:
+            refs = [await _model_ref(workspace, client, m) for m in models]
+            names = [r.name for r in refs]
+            if len(set(names)) != len(names):
+                raise InvalidPackageError(f"a model appears twice in the module: {', '.join(names)}")
+            onnx_files = [f for r in refs for f in r.files if f.path.lower().endswith(".onnx")]
+            if entry is None and len(onnx_files) != 1:
+                raise InvalidPackageError(
+                    "a zero-code module serves exactly one .onnx file; its models have "
+                    f"{len(onnx_files)}: add --entry-script"
+                )
+            spec = ModuleSpec(
+                name=name,
+                version=await next_version(client, repository, version),
+                description=description,
+                entry_script=entry[1].relative_to(entry[0]).as_posix() if entry else None,
+                requirements=pip,
+                models=refs,
+                sample_input=sample,
+                execution_providers=list(providers or ["cpu"]),
+                created=datetime.now(UTC).replace(microsecond=0),
+            )
+            layers: list[dict[str, Any]] = []
+            for ref in refs:
+                for f in ref.files:
+                    await _ensure_model_blob(client, repository, ref.name, f.digest, f.size)
+                    layers.append(
+                        {
+                            "mediaType": mt.MODEL_FILE,
+                            "digest": f.digest,
+                            "size": f.size,
+                            "annotations": {
+                                mt.TITLE: f"{ref.name}/{f.path}",
+                                mt.MODEL_REF: f"{ref.name}:{ref.version}",
+                            },
+                        }
+                    )
+            if code_layer is not None:
+                await client.push_blob(repository, code_layer)
+                layers.append(
+                    {
+                        "mediaType": mt.MODULE_CODE,
+                        "digest": sha256_bytes(code_layer),
+                        "size": len(code_layer),
+                        "annotations": {mt.TITLE: CODE_LAYER_TITLE},
+                    }
+                )
+            config_blob = spec.model_dump_json().encode()
+            await client.push_blob(repository, config_blob)
+            manifest = {
+                "schemaVersion": 2,
+                "mediaType": mt.OCI_MANIFEST,
+                "config": {
+                    "mediaType": mt.MODULE_CONFIG,
+                    "digest": sha256_bytes(config_blob),
+                    "size": len(config_blob),
+                },
+                "layers": layers,
+                "annotations": {
+                    mt.TITLE: spec.name,
+                    mt.VERSION: str(spec.version),
+                    mt.CREATED: spec.created.isoformat().replace("+00:00", "Z"),
+                    **({mt.DESCRIPTION: description} if description else {}),
+                },
+            }
+            body = json.dumps(manifest, indent=2).encode()
+            digest = await client.put_manifest(repository, str(spec.version), body, mt.OCI_MANIFEST)
+            stats = client.stats
+        return cls._from_spec(workspace, spec, digest, stats)
+
+    # -- read ---------------------------------------------------------------------------------
+
+    @classmethod
+    async def _load(cls, workspace: Workspace, client: RegistryClient, name: str, version: int) -> Module:
+        repository = MODULE_REPOSITORY_PREFIX + name
+        manifest = await get_manifest(client, repository, version, "module")
+        body = manifest.json()
+        if body.get("config", {}).get("mediaType") != mt.MODULE_CONFIG:
+            raise InvalidPackageError(f"{repository}:{version} is not a modelfleet module artifact")
+        raw = await client.get_blob(repository, body["config"]["digest"])
+        return cls._from_spec(workspace, ModuleSpec.model_validate_json(raw), manifest.digest)
+
+    @classmethod
+    async def get_async(cls, workspace: Workspace, name: str, version: int | None = None) -> Module:
+        check_name(name, "module")
+        async with workspace.registry_client() as client:
+            number = await resolve_version(client, MODULE_REPOSITORY_PREFIX + name, version, "module")
+            return await cls._load(workspace, client, name, number)
+
+    @classmethod
+    def list(cls, workspace: Workspace, name: str | None = None, latest: bool = False) -> list[Module]:
+        return asyncio.run(cls.list_async(workspace, name, latest))
+
+    @classmethod
+    async def list_async(
+        cls, workspace: Workspace, name: str | None = None, latest: bool = False
+    ) -> list[Module]:
+        async with workspace.registry_client() as client:
+            if name is not None:
+                names = [check_name(name, "module")]
+            else:
+                prefix = MODULE_REPOSITORY_PREFIX
+                names = sorted(r[len(prefix) :] for r in await client.catalog() if r.startswith(prefix))
+            wanted: list[tuple[str, int]] = []
+            for module_name in names:
+                numbers = await versions(client, MODULE_REPOSITORY_PREFIX + module_name)
+                wanted += [(module_name, n) for n in (numbers[-1:] if latest else numbers)]
+            return await gather_limited([cls._load(workspace, client, n, v) for n, v in wanted])
+
+
+async def _model_ref(workspace: Workspace, client: RegistryClient, model: str | Model) -> ModelRef:
+    if isinstance(model, Model):
+        return ModelRef(name=model.name, version=model.version, digest=model.digest, files=model.files)
+    name, version = parse_ref(model, "model")
+    number = await resolve_version(client, MODEL_REPOSITORY_PREFIX + name, version, "model")
+    loaded = await Model._load(workspace, client, name, number)
+    return ModelRef(name=name, version=number, digest=loaded.digest, files=loaded.files)
+
+
+async def _ensure_model_blob(
+    client: RegistryClient, repository: str, model: str, digest: str, size: int
+) -> None:
+    """Mount the model's layer; only a registry without mount support makes us copy bytes."""
+    source = MODEL_REPOSITORY_PREFIX + model
+    if await client.push_blob(repository, None, digest, mount_from=[source]) != "needs-data":
+        return
+    with tempfile.TemporaryDirectory(prefix="modelfleet-copy-") as tmp:
+        path = await client.download_blob(source, digest, Path(tmp) / "blob", size=size)
+        await client.push_blob(repository, path, digest)

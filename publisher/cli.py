@@ -1,0 +1,351 @@
+"""`modelfleet init|key|model|module`: the publisher's commands.
+
+Every failure the user can fix is a `ModelfleetError`, printed as one line with a non-zero exit;
+a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from modules._errors import ConfigError, ModelfleetError
+
+
+def _key_values(items: Sequence[str] | None, option: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{option} expects KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=False))
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+
+def _connection_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("workspace")
+    g.add_argument("--config", help="modelfleet.toml to use (default: nearest one, or MODELFLEET_CONFIG)")
+    g.add_argument("--registry", help="registry URL (env MODELFLEET_REGISTRY)")
+    g.add_argument("--hub", help="control-plane URL (env MODELFLEET_HUB)")
+    g.add_argument("--fleet", help="fleet name (env MODELFLEET_FLEET)")
+    g.add_argument("--registry-user", help="registry user (env MODELFLEET_REGISTRY_USERNAME)")
+    g.add_argument(
+        "--registry-password",
+        help="registry password (prefer env MODELFLEET_REGISTRY_PASSWORD: flags show up in ps)",
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _connection_options()
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+    parser = argparse.ArgumentParser(prog="modelfleet")
+    top = parser.add_subparsers(dest="command", required=True)
+
+    init = top.add_parser("init", parents=[common], help="write modelfleet.toml and a signing key")
+    init.add_argument("directory", nargs="?", default=".")
+    init.add_argument("--force", action="store_true", help="rewrite an existing modelfleet.toml")
+
+    key = top.add_parser("key", parents=[common], help="signing key")
+    key_sub = key.add_subparsers(dest="action", required=True)
+    key_sub.add_parser("public", parents=[common], help="print the public key (PEM) agents should trust")
+
+    model = top.add_parser("model", help="registered models")
+    msub = model.add_subparsers(dest="action", required=True)
+    reg = msub.add_parser("register", parents=[common, as_json], help="register a model file or folder")
+    reg.add_argument("-n", "--name", required=True)
+    reg.add_argument("-p", "--path", required=True, help="model file or folder")
+    reg.add_argument("--tag", action="append", metavar="K=V")
+    reg.add_argument("--property", action="append", metavar="K=V")
+    reg.add_argument("--description")
+    reg.add_argument("--framework", help="default: onnx when an .onnx file is present, else custom")
+    reg.add_argument("--version", type=int, help="explicit version (must not exist yet)")
+    lst = msub.add_parser("list", parents=[common, as_json], help="list models")
+    lst.add_argument("-n", "--name")
+    lst.add_argument("--tag", action="append", metavar="K[=V]", help="filter by tag (repeatable)")
+    lst.add_argument("--latest", action="store_true", help="only the latest version of each model")
+    show = msub.add_parser("show", parents=[common, as_json], help="show one model version")
+    show.add_argument("ref", metavar="NAME[:VERSION]")
+    dl = msub.add_parser("download", parents=[common], help="download a model's files")
+    dl.add_argument("ref", metavar="NAME[:VERSION]")
+    dl.add_argument("-o", "--output", required=True, help="target folder")
+    dl.add_argument("--overwrite", action="store_true", help="replace files that differ")
+    rm = msub.add_parser("delete", parents=[common], help="delete one model version")
+    rm.add_argument("ref", metavar="NAME:VERSION")
+
+    module = top.add_parser("module", help="module packages")
+    dsub = module.add_subparsers(dest="action", required=True)
+    pkg = dsub.add_parser("package", parents=[common, as_json], help="package models as a module")
+    pkg.add_argument("-n", "--name", required=True)
+    pkg.add_argument("-m", "--model", action="append", required=True, metavar="MODEL[:VERSION]")
+    pkg.add_argument("--entry-script", help="script with init() and run(); none = zero-code ONNX")
+    pkg.add_argument("--source-dir", help="folder packed with the entry script (which must be inside it)")
+    env = pkg.add_mutually_exclusive_group()
+    env.add_argument("--requirements", help="pip requirements file")
+    env.add_argument("--conda-file", help="conda environment file (its pip section is used)")
+    pkg.add_argument("--sample-input", help="JSON request body used for smoke tests and docs")
+    pkg.add_argument("--provider", help="execution provider preference, e.g. cuda,cpu")
+    pkg.add_argument("--description")
+    pkg.add_argument("--version", type=int, help="explicit version (must not exist yet)")
+    mlist = dsub.add_parser("list", parents=[common, as_json], help="list modules")
+    mlist.add_argument("-n", "--name")
+    mlist.add_argument("--latest", action="store_true")
+    mshow = dsub.add_parser("show", parents=[common, as_json], help="show one module version")
+    mshow.add_argument("ref", metavar="NAME[:VERSION]")
+    dsub.add_parser("schema", help="print the module spec's JSON Schema")
+    return parser
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def _workspace(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from publisher._workspace import Workspace
+
+    return Workspace.load(
+        args.config,
+        registry=args.registry,
+        hub=args.hub,
+        fleet=args.fleet,
+        registry_user=args.registry_user,
+        registry_password=args.registry_password,
+    )
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from publisher._workspace import DEFAULT_FLEET, DEFAULT_HUB, DEFAULT_REGISTRY, Workspace
+
+    ws = Workspace.create(
+        args.directory,
+        registry=args.registry or DEFAULT_REGISTRY,
+        hub=args.hub or DEFAULT_HUB,
+        fleet=args.fleet or DEFAULT_FLEET,
+        force=args.force,
+    )
+    print(f"wrote {ws.config_path}")
+    print(
+        f"signing key: {ws.signing_key_path} (keep it secret; "
+        "`modelfleet key public` prints what agents trust)"
+    )
+    return 0
+
+
+def _cmd_key(args: argparse.Namespace) -> int:
+    print(_workspace(args).public_key_pem(), end="")
+    return 0
+
+
+def _model_row(m: Any) -> list[str]:
+    tags = ",".join(f"{k}={v}" for k, v in sorted(m.tags.items()))
+    return [m.name, str(m.version), m.framework, m.created_time.isoformat(), tags, m.digest[:19]]
+
+
+def _cmd_model(args: argparse.Namespace) -> int:
+    from publisher._model import Model
+    from publisher._versions import parse_ref
+
+    ws = _workspace(args)
+    if args.action == "register":
+        model = Model.register(
+            ws,
+            model_path=args.path,
+            model_name=args.name,
+            tags=_key_values(args.tag, "--tag"),
+            properties=_key_values(args.property, "--property"),
+            description=args.description,
+            framework=args.framework,
+            version=args.version,
+        )
+        if args.json:
+            _print_json(model.serialize())
+        else:
+            print(f"{model.id}  {model.digest}")
+        return 0
+    if args.action == "list":
+        name = parse_ref(args.name, "model")[0] if args.name else None
+        models = Model.list(ws, name=name, tags=args.tag, latest=args.latest)
+        if args.json:
+            _print_json([m.serialize() for m in models])
+        elif models:
+            print(
+                _table(
+                    [_model_row(m) for m in models],
+                    ["name", "version", "framework", "created", "tags", "digest"],
+                )
+            )
+        else:
+            print("no models")
+        return 0
+    if args.action == "show":
+        name, version = parse_ref(args.ref, "model")
+        model = Model(ws, name, version)
+        if args.json:
+            _print_json(model.serialize())
+        else:
+            _print_model(model)
+        return 0
+    if args.action == "download":
+        name, version = parse_ref(args.ref, "model")
+        model = Model(ws, name, version)
+        target = model.download(args.output, exist_ok=args.overwrite)
+        print(f"downloaded {model.id} ({len(model.files)} files) to {target}")
+        return 0
+    if args.action == "delete":
+        name, version = parse_ref(args.ref, "model")
+        if version is None:
+            raise ConfigError("model delete needs an explicit version: NAME:VERSION")
+        model = Model(ws, name, version)
+        model.delete()
+        print(f"deleted {model.id}")
+        return 0
+    raise AssertionError(args.action)
+
+
+def _print_model(model: Any) -> None:
+    c = model.config
+    print(f"model:       {model.id}")
+    print(f"digest:      {model.digest}")
+    print(f"framework:   {c.framework}")
+    print(f"created:     {c.created.isoformat()}")
+    if c.description:
+        print(f"description: {c.description}")
+    for label, values in (("tags", c.tags), ("properties", c.properties)):
+        if values:
+            print(f"{label + ':':<12} " + ", ".join(f"{k}={v}" for k, v in sorted(values.items())))
+    print("files:")
+    for f in c.files:
+        print(f"  {f.path}  {_size(f.size)}  {f.digest[:19]}")
+        if f.onnx:
+            opset = ", ".join(f"{d or 'ai.onnx'}={v}" for d, v in sorted(f.onnx.opsets.items()))
+            print(f"    opsets: {opset}")
+            for kind, tensors in (("input", f.onnx.inputs), ("output", f.onnx.outputs)):
+                for t in tensors:
+                    dims = ", ".join("?" if d is None else str(d) for d in t.shape)
+                    print(f"    {kind:<6} {t.name}: {t.dtype}[{dims}]")
+
+
+def _cmd_module(args: argparse.Namespace) -> int:
+    if args.action == "schema":
+        from modules.spec import module_spec_json_schema
+
+        _print_json(module_spec_json_schema())
+        return 0
+    from publisher._module import Module
+    from publisher._versions import parse_ref
+
+    ws = _workspace(args)
+    if args.action == "package":
+        providers = [p.strip().lower() for p in args.provider.split(",")] if args.provider else None
+        module = Module.package(
+            ws,
+            args.name,
+            args.model,
+            entry_script=args.entry_script,
+            source_dir=args.source_dir,
+            requirements=args.requirements,
+            conda_file=args.conda_file,
+            sample_input=args.sample_input,
+            providers=providers,
+            description=args.description,
+            version=args.version,
+        )
+        if args.json:
+            out = module.serialize()
+            out["transfer"] = vars(module.stats)
+            _print_json(out)
+        else:
+            s = module.stats
+            print(f"{module.id}  {module.digest}")
+            reused = s.blobs_mounted + s.blobs_existing
+            print(
+                f"uploaded {_size(s.bytes_uploaded)} in {s.blobs_uploaded} blobs; "
+                f"re-used {reused} already in the registry"
+            )
+        return 0
+    if args.action == "list":
+        modules = Module.list(ws, name=args.name, latest=args.latest)
+        if args.json:
+            _print_json([m.serialize() for m in modules])
+        elif modules:
+            rows = [
+                [
+                    m.name,
+                    str(m.version),
+                    m.spec.entry_script or "(zero-code)",
+                    ",".join(f"{r.name}:{r.version}" for r in m.spec.models),
+                    m.spec.created.isoformat(),
+                    m.digest[:19],
+                ]
+                for m in modules
+            ]
+            print(_table(rows, ["name", "version", "entry", "models", "created", "digest"]))
+        else:
+            print("no modules")
+        return 0
+    if args.action == "show":
+        name, version = parse_ref(args.ref, "module")
+        module = Module(ws, name, version)
+        if args.json:
+            _print_json(module.serialize())
+        else:
+            spec = module.spec
+            print(f"module:      {module.id}")
+            print(f"digest:      {module.digest}")
+            print(f"reference:   {module.reference}")
+            print(f"entry:       {spec.entry_script or '(zero-code ONNX handler)'}")
+            print(f"providers:   {', '.join(spec.execution_providers)}")
+            print(f"requires:    {', '.join(spec.requirements) or '-'}")
+            print(f"sample:      {'yes' if spec.sample_input is not None else 'no'}")
+            print("models:")
+            for r in spec.models:
+                print(f"  {r.name}:{r.version}  {r.digest[:19]}  ({len(r.files)} files)")
+        return 0
+    raise AssertionError(args.action)
+
+
+_HANDLERS = {"init": _cmd_init, "key": _cmd_key, "model": _cmd_model, "module": _cmd_module}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return _HANDLERS[args.command](args)
+    except ModelfleetError as exc:
+        print(f"modelfleet: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("modelfleet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
