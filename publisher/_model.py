@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from modules._errors import ConfigError, InvalidModelError, NotFoundError
+from modules._errors import InvalidModelError, ModelfleetError, NotFoundError
 from modules.model_config import MODEL_REPOSITORY_PREFIX, ModelConfig, ModelFile
 from modules.oci import RegistryClient, sha256_bytes, sha256_file
 from modules.oci import _media_types as mt
@@ -231,7 +231,7 @@ class Model:
                     if same:
                         continue
                     if not exist_ok:
-                        raise ConfigError(
+                        raise ModelfleetError(
                             f"{dest} already exists with other content (pass exist_ok / --overwrite)"
                         )
                 await client.download_blob(self.repository, entry.digest, dest, size=entry.size)
