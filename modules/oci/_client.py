@@ -34,7 +34,7 @@ from modules.oci._url import normalize_registry_url
 
 log = logging.getLogger(__name__)
 
-PushOutcome = Literal["existing", "mounted", "uploaded"]
+PushOutcome = Literal["existing", "mounted", "uploaded", "needs-data"]
 _TRANSIENT_STATUS = {502, 503, 504}
 _NETWORK_ERRORS = (
     aiohttp.ClientConnectionError,
@@ -313,9 +313,7 @@ class RegistryClient:
             return digest
         return (await self.get_manifest(repository, reference)).digest
 
-    async def put_manifest(
-        self, repository: str, reference: str, body: bytes, media_type: str
-    ) -> str:
+    async def put_manifest(self, repository: str, reference: str, body: bytes, media_type: str) -> str:
         resp = await self._send(
             "PUT",
             f"/v2/{repository}/manifests/{reference}",
@@ -359,16 +357,19 @@ class RegistryClient:
     async def push_blob(
         self,
         repository: str,
-        source: bytes | Path,
+        source: bytes | Path | None,
         digest: str | None = None,
         *,
         mount_from: Sequence[str] = (),
     ) -> PushOutcome:
         """Make a blob present in `repository`, moving as few bytes as the registry allows.
 
-        Order: already there -> cross-repository mount -> monolithic upload.
+        Order: already there -> cross-repository mount -> monolithic upload. With `source=None`
+        nothing is uploaded and "needs-data" says the caller must supply the bytes.
         """
         if digest is None:
+            if source is None:
+                raise ValueError("push_blob needs a digest when it has no source")
             digest, _ = (
                 (sha256_bytes(source), len(source))
                 if isinstance(source, bytes)
@@ -378,40 +379,23 @@ class RegistryClient:
         if await self.blob_exists(repository, digest):
             self.stats.blobs_existing += 1
             return "existing"
-        location: str | None = None
         for origin in mount_from:
-            if origin == repository:
-                continue
-            resp = await self._send(
-                "POST",
-                f"/v2/{repository}/blobs/uploads/",
-                scope_key=repository,
-                params={"mount": digest, "from": origin},
-                ok=(201, 202),
-                idempotent=False,
-            )
-            resp.release()
-            if resp.status == 201:
+            if origin != repository and await self._mount(repository, digest, origin):
                 self.stats.blobs_mounted += 1
                 return "mounted"
-            location = resp.headers.get("Location")
-            break
-        if location is None:
-            resp = await self._send(
-                "POST",
-                f"/v2/{repository}/blobs/uploads/",
-                scope_key=repository,
-                ok=(202,),
-                idempotent=False,
-            )
-            resp.release()
-            location = resp.headers.get("Location")
+        if source is None:
+            return "needs-data"
+        resp = await self._send(
+            "POST", f"/v2/{repository}/blobs/uploads/", scope_key=repository, ok=(202,), idempotent=False
+        )
+        resp.release()
+        location = resp.headers.get("Location")
         if not location:
             raise RegistryError(f"registry {self.url} opened an upload without a Location")
         body = _body_of(source)
         resp = await self._send(
             "PUT",
-            URL(location) if "://" in location else self._base.join(URL(location)),
+            location,
             scope_key=repository,
             params={"digest": digest},
             headers={"Content-Type": "application/octet-stream"},
@@ -424,11 +408,29 @@ class RegistryClient:
         self.stats.bytes_uploaded += body.length
         return "uploaded"
 
+    async def _mount(self, repository: str, digest: str, origin: str) -> bool:
+        resp = await self._send(
+            "POST",
+            f"/v2/{repository}/blobs/uploads/",
+            scope_key=repository,
+            params={"mount": digest, "from": origin},
+            ok=(201, 202),
+            idempotent=False,
+        )
+        resp.release()
+        if resp.status == 201:
+            return True
+        location = resp.headers.get("Location")
+        if location:  # the registry opened an upload session instead: give it back
+            with contextlib.suppress(RegistryError):
+                (
+                    await self._send("DELETE", location, scope_key=repository, ok=(204, 200, 202, 404))
+                ).release()
+        return False
+
     async def get_blob(self, repository: str, digest: str, *, max_bytes: int = 16 << 20) -> bytes:
         """A small blob (a config, a sample) read into memory and verified."""
-        resp = await self._send(
-            "GET", f"/v2/{repository}/blobs/{check_digest(digest)}", scope_key=repository
-        )
+        resp = await self._send("GET", f"/v2/{repository}/blobs/{check_digest(digest)}", scope_key=repository)
         async with resp:
             length = resp.content_length
             if length is not None and length > max_bytes:
