@@ -7,6 +7,7 @@ workspace under `.demo/`. Stops the hub it started whatever happens.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -34,7 +35,7 @@ def _port(preferred: int) -> int:
 
 
 def _modelfleet(*args: str, cwd: Path = DEMO / "workspace") -> None:
-    print(f"\n$ modelfleet {' '.join(args)}", flush=True)
+    print(f"\n$ modelfleet {shlex.join(args)}", flush=True)
     proc = subprocess.run([str(BIN / "modelfleet"), *args], cwd=cwd, env=os.environ.copy())
     if proc.returncode != 0:
         raise SystemExit(f"demo step failed: modelfleet {' '.join(args)} (exit {proc.returncode})")
