@@ -168,3 +168,26 @@ async def test_blob_whose_bytes_do_not_match_digest_is_rejected_and_not_kept(
         assert list(tmp_path.iterdir()) == []
     finally:
         await proxy.stop()
+
+
+async def test_bearer_token_challenge_flow(tmp_path: Path) -> None:
+    from modules.hub import EmbeddedRegistry
+
+    registry = EmbeddedRegistry(tmp_path, username="ci", password="s3cret", token_auth=True)
+    url = await registry.start("127.0.0.1", 0)
+    try:
+        async with RegistryClient(url) as anonymous:
+            with pytest.raises(AuthenticationError):
+                await anonymous.list_tags("it/token", missing_ok=False)
+        async with RegistryClient(url, RegistryCredentials(username="ci", password="nope")) as wrong:
+            with pytest.raises(AuthenticationError, match="refused the credentials"):
+                await _push(wrong, "it/token", "1", b"x")
+        async with RegistryClient(url, RegistryCredentials(username="ci", password="s3cret")) as client:
+            await _push(client, "it/token", "1", b"model bytes")
+            assert await client.list_tags("it/token") == ["1"]
+            assert await client.catalog() == ["it/token"]
+        async with RegistryClient(url, RegistryCredentials(token="not-issued")) as static:
+            with pytest.raises(AuthenticationError, match="refused the access token"):
+                await static.list_tags("it/token")
+    finally:
+        await registry.stop()
