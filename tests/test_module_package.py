@@ -171,3 +171,26 @@ async def test_entry_script_outside_source_dir_is_refused(distribution: Service,
         await Module.package_async(
             ws, _name("svc"), ["iris"], entry_script=SCORE, source_dir=tmp_path / "src"
         )
+
+
+async def test_pulled_module_lays_out_models_and_code_as_the_scoring_host_expects(
+    registry: Service, tmp_path: Path
+) -> None:
+    from modules.unpack import pull_module
+
+    ws = Workspace.create(tmp_path / "ws", registry=registry.url)
+    model = await Model.register_async(ws, IRIS_DIR, _name("iris"))
+    module = await Module.package_async(
+        ws, _name("svc"), [model], entry_script="score.py", source_dir=EXAMPLES / "iris-service"
+    )
+    async with RegistryClient(registry.url) as client:
+        unpacked = await pull_module(client, module.repository, module.digest, tmp_path / "m")
+        again = await pull_module(client, module.repository, "1", tmp_path / "m")
+        assert client.stats.bytes_downloaded < 2 * (IRIS_DIR / "model.onnx").stat().st_size + 10_000
+    assert unpacked.digest == again.digest == module.digest
+    assert (unpacked.model_dir / model.name / "model.onnx").read_bytes() == (
+        IRIS_DIR / "model.onnx"
+    ).read_bytes()
+    assert unpacked.entry_script == tmp_path / "m" / "code" / "score.py"
+    assert unpacked.entry_script.read_text() == SCORE.read_text()
+    assert (unpacked.code_dir / "requirements.txt").exists()
