@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "key": ("publisher.cli", "show the workspace's public signing key"),
     "model": ("publisher.cli", "register, list, show, download and delete models"),
     "module": ("publisher.cli", "package models with their entry script as modules"),
-    "serve": ("modules.scoring.cli", "serve a module or an entry script locally"),
+    "serve": ("publisher._serve", "serve a published module or an entry script locally"),
     "hub": ("modules.hub.cli", "run the embedded broker and registry"),
     "agent": ("edge_agent.cli", "run and inspect the edge agent"),
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -45,3 +46,25 @@ def public_key_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
     return public.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     ).decode()
+
+
+def public_key_id(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    """Short fingerprint naming a key in signatures: first 16 hex of sha256 over the raw 32 key bytes.
+
+    Raw bytes rather than PEM, so that the id does not depend on how the key file was encoded.
+    """
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def load_public_key(pem: str | bytes) -> Ed25519PublicKey:
+    """Parse a trusted publisher key as configured on an agent (SubjectPublicKeyInfo PEM)."""
+    data = pem.encode() if isinstance(pem, str) else pem
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"not a PEM public key: {exc}") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigError("trusted publisher keys must be Ed25519")
+    return key

@@ -3,6 +3,7 @@
 It runs unchanged under Azure ML's scoring server and under modelfleet's scoring host.
 """
 
+import glob
 import json
 import os
 
@@ -16,9 +17,11 @@ CLASSES = ["setosa", "versicolor", "virginica"]
 def init():
     global session
     model_dir = os.environ["AZUREML_MODEL_DIR"]
-    path = os.path.join(model_dir, "iris", "model.onnx")
-    if not os.path.exists(path):
-        path = os.path.join(model_dir, "model.onnx")
+    # <model_dir>/<model name>/model.onnx when packaged, <model_dir>/model.onnx in development
+    found = sorted(glob.glob(os.path.join(model_dir, "**", "model.onnx"), recursive=True))
+    if not found:
+        raise FileNotFoundError(f"no model.onnx under {model_dir}")
+    path = found[0]
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
 
 

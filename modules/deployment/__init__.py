@@ -1,0 +1,83 @@
+"""The deployment contract between publisher and agent: manifest, envelope, targeting, trust.
+
+Pure code without I/O, so the publisher, the agent and the simulator share one definition of
+what a deployment is, who it is for, and whether it may be applied.
+"""
+
+from modules.deployment._canonical import canonical_json
+from modules.deployment._condition import Condition, parse_condition
+from modules.deployment._envelope import DeploymentDocument, Rollout, Signature
+from modules.deployment._errors import (
+    BadSignatureError,
+    CanonicalFormError,
+    ConditionSyntaxError,
+    DeploymentError,
+    ReplayedDocumentError,
+    TrustError,
+    UnsignedDocumentError,
+    UntrustedKeyError,
+)
+from modules.deployment._manifest import (
+    DockerModule,
+    DockerSettings,
+    EdgeAgentDesired,
+    EdgeHubDesired,
+    EnvVar,
+    Manifest,
+    ModelfleetModule,
+    ModelfleetSettings,
+    Module,
+    ModulesContent,
+    ModuleTwin,
+    Route,
+    Runtime,
+)
+from modules.deployment._selection import (
+    DeploymentRef,
+    DeviceFacts,
+    Selection,
+    in_rollout,
+    rollout_bucket,
+    select_deployments,
+)
+from modules.deployment._signing import check_not_replayed, sign_document, signing_payload, verify_document
+
+__all__ = [
+    "BadSignatureError",
+    "CanonicalFormError",
+    "Condition",
+    "ConditionSyntaxError",
+    "DeploymentDocument",
+    "DeploymentError",
+    "DeploymentRef",
+    "DeviceFacts",
+    "DockerModule",
+    "DockerSettings",
+    "EdgeAgentDesired",
+    "EdgeHubDesired",
+    "EnvVar",
+    "Manifest",
+    "ModelfleetModule",
+    "ModelfleetSettings",
+    "Module",
+    "ModuleTwin",
+    "ModulesContent",
+    "ReplayedDocumentError",
+    "Rollout",
+    "Route",
+    "Runtime",
+    "Selection",
+    "Signature",
+    "TrustError",
+    "UnsignedDocumentError",
+    "UntrustedKeyError",
+    "canonical_json",
+    "check_not_replayed",
+    "in_rollout",
+    "parse_condition",
+    "rollout_bucket",
+    "select_deployments",
+    "sign_document",
+    "signing_payload",
+    "verify_document",
+]

@@ -1,0 +1,148 @@
+"""Which deployments a device applies, and the desired state they add up to.
+
+Every agent sees every retained deployment of its fleet and must reach the same answer as any
+other agent with the same facts, so selection is pure and fully ordered:
+
+1. Per deployment name, the highest version is authoritative for targeting: if its condition does
+   not match, the name does not apply at all. If it matches but the device is not yet in its
+   rollout step, the device keeps the highest older version it is eligible for (when the caller
+   passes one) and the new version is reported as deferred.
+2. Among eligible non-layered documents, the strongest is the base. Strength orders by: a
+   per-device override (`device` set) above any fleet-wide document, then higher priority, then
+   higher version, then the alphabetically first name.
+3. Eligible layered documents are applied on top of the base, weakest first, so the strongest
+   layer wins any conflict. Layers replace whole modules, system modules, routes and module twins
+   by name; the base's runtime and schema versions stand. Without a base nothing is applied.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from modules.deployment._envelope import DeploymentDocument
+from modules.deployment._manifest import Manifest
+
+_AGENT, _HUB, _DESIRED = "$edgeAgent", "$edgeHub", "properties.desired"
+_BUCKETS = 10_000
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What target conditions can see about a device, shaped like an IoT Hub device twin."""
+
+    device_id: str
+    tags: Mapping[str, Any] = field(default_factory=dict)
+    reported: Mapping[str, Any] = field(default_factory=dict)
+    desired: Mapping[str, Any] = field(default_factory=dict)
+
+    def twin(self) -> dict[str, Any]:
+        return {
+            "deviceId": self.device_id,
+            "tags": self.tags,
+            "properties": {"reported": self.reported, "desired": self.desired},
+        }
+
+
+@dataclass(frozen=True)
+class DeploymentRef:
+    name: str
+    version: int
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The effective desired state; `applied` lists the base first, then layers in applied order."""
+
+    manifest: Manifest | None
+    applied: tuple[DeploymentRef, ...] = ()
+    deferred: tuple[DeploymentRef, ...] = ()
+
+
+def rollout_bucket(deployment: str, device_id: str) -> int:
+    """A device's fixed place in 0..9999 for one deployment name, the same on every machine."""
+    digest = hashlib.sha256(f"{deployment}:{device_id}".encode()).hexdigest()
+    return int(digest[:8], 16) % _BUCKETS
+
+
+def in_rollout(deployment: str, device_id: str, percent: float) -> bool:
+    """Whether the device is within the first `percent` of the fleet; growing percent only adds devices."""
+    return rollout_bucket(deployment, device_id) < percent * 100
+
+
+def _ref(doc: DeploymentDocument) -> DeploymentRef:
+    return DeploymentRef(doc.name, doc.version)
+
+
+def _targets(doc: DeploymentDocument, twin: Mapping[str, Any], device_id: str) -> bool:
+    if doc.device is not None and doc.device != device_id:
+        return False
+    return doc.condition.matches(twin)
+
+
+def _reaches(doc: DeploymentDocument, device_id: str) -> bool:
+    return doc.rollout is None or in_rollout(doc.name, device_id, doc.rollout.percent)
+
+
+def _eligible(
+    documents: Iterable[DeploymentDocument], device: DeviceFacts
+) -> tuple[list[DeploymentDocument], list[DeploymentRef]]:
+    by_name: dict[str, list[DeploymentDocument]] = defaultdict(list)
+    for doc in documents:
+        by_name[doc.name].append(doc)
+    twin = device.twin()
+    eligible: list[DeploymentDocument] = []
+    deferred: list[DeploymentRef] = []
+    for name in sorted(by_name):
+        versions = sorted(by_name[name], key=lambda doc: doc.version, reverse=True)
+        if not _targets(versions[0], twin, device.device_id):
+            continue
+        for doc in versions:
+            if not _targets(doc, twin, device.device_id):
+                continue
+            if _reaches(doc, device.device_id):
+                eligible.append(doc)
+                break
+            deferred.append(_ref(doc))
+    return eligible, deferred
+
+
+def _strength_order(documents: Iterable[DeploymentDocument]) -> list[DeploymentDocument]:
+    """Weakest first. Two stable sorts: names descending, so that the first name ends up strongest."""
+    by_name = sorted(documents, key=lambda doc: doc.name, reverse=True)
+    return sorted(by_name, key=lambda doc: (doc.device is not None, doc.priority, doc.version))
+
+
+def _layer(base: dict[str, Any], layer: dict[str, Any]) -> None:
+    content, extra = base["modulesContent"], layer["modulesContent"]
+    agent, extra_agent = content[_AGENT][_DESIRED], extra[_AGENT][_DESIRED]
+    for section in ("systemModules", "modules"):
+        if extra_agent.get(section):
+            agent.setdefault(section, {}).update(copy.deepcopy(extra_agent[section]))
+    extra_hub = extra.get(_HUB, {}).get(_DESIRED, {})
+    if extra_hub.get("routes"):
+        hub_twin = content.setdefault(_HUB, {_DESIRED: {"schemaVersion": extra_hub["schemaVersion"]}})
+        hub_twin[_DESIRED].setdefault("routes", {}).update(copy.deepcopy(extra_hub["routes"]))
+    for key, twin in extra.items():
+        if key not in (_AGENT, _HUB):
+            content[key] = copy.deepcopy(twin)
+
+
+def select_deployments(device: DeviceFacts, documents: Iterable[DeploymentDocument]) -> Selection:
+    """The desired state for `device` from already verified documents; deterministic for any input order."""
+    eligible, deferred = _eligible(documents, device)
+    ordered = _strength_order(eligible)
+    bases = [doc for doc in ordered if not doc.layered]
+    if not bases:
+        return Selection(None, (), tuple(deferred))
+    base = bases[-1]
+    layers = [doc for doc in ordered if doc.layered]
+    merged = base.content.to_json_dict()
+    for doc in layers:
+        _layer(merged, doc.content.to_json_dict())
+    applied = (_ref(base), *(_ref(doc) for doc in layers))
+    return Selection(Manifest.model_validate(merged), applied, tuple(deferred))

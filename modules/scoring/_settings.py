@@ -1,0 +1,73 @@
+"""What one scoring host needs to know, validated once at the boundary.
+
+The edge agent writes these as JSON for `python -m modules.scoring --settings-file`, the CLI builds
+them from flags; both end up here so the host itself never parses loose strings.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+ProviderName = Literal["cuda", "tensorrt", "openvino", "cpu"]
+
+
+def _cpu_count() -> int:
+    # Respect CPU affinity (containers, taskset) rather than the machine's total.
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class BatchingSettings(BaseModel):
+    """Dynamic batching: merge concurrent requests into one ONNX Runtime call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(8, ge=1)
+    max_wait_ms: float = Field(2.0, ge=0)
+
+
+class ScoringSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_dir: Path
+    entry_script: Path | None = None
+    # Name used by the v2 routes; derived from the model folder when not given.
+    model_name: str | None = None
+    model_version: str = "1"
+    execution_providers: list[ProviderName] = Field(
+        default_factory=lambda: ["cuda", "tensorrt", "openvino", "cpu"]
+    )
+    batching: BatchingSettings | None = None
+    scoring_timeout_ms: int = Field(60_000, gt=0)
+    max_request_bytes: int = Field(8 * 1024 * 1024, gt=0)
+    primary_key: SecretStr | None = None
+    secondary_key: SecretStr | None = None
+    # How many inferences may run at once (threads); each ONNX Runtime call then gets
+    # intra_op_threads threads, so together they fill the device without oversubscribing it.
+    inference_workers: int = Field(default_factory=lambda: min(_cpu_count(), 4), ge=1)
+    intra_op_threads: int | None = Field(None, ge=1)
+    host: str = "127.0.0.1"
+    port: int = Field(8890, ge=0, le=65535)
+    access_log: bool = False
+
+    @field_validator("execution_providers")
+    @classmethod
+    def _not_empty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one execution provider is needed (e.g. cpu)")
+        return value
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.primary_key or self.secondary_key)
+
+    def resolved_intra_op_threads(self) -> int:
+        if self.intra_op_threads is not None:
+            return self.intra_op_threads
+        return max(1, _cpu_count() // self.inference_workers)

@@ -1,0 +1,92 @@
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+
+from modules.scoring._batching import DynamicBatcher
+from modules.scoring._errors import RunFailedError
+
+from .conftest import IRIS_DIR
+
+
+def _doubling_model(calls: list[int]):
+    def run(feeds):
+        calls.append(feeds["x"].shape[0])
+        return {"y": feeds["x"] * 2}
+
+    return run
+
+
+async def _batched(run, requests_, *, max_batch_size=4):
+    with ThreadPoolExecutor(2) as executor:
+        batcher = DynamicBatcher(
+            run, max_batch_size=max_batch_size, max_wait_ms=50, executor=executor, max_in_flight=1
+        )
+        batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.submit(r) for r in requests_), return_exceptions=True)
+        finally:
+            await batcher.close()
+
+
+async def test_concurrent_requests_share_one_model_call_and_get_their_own_rows():
+    calls: list[int] = []
+    inputs = [{"x": np.full((1, 3), i, dtype=np.float32)} for i in range(6)]
+
+    results = await _batched(_doubling_model(calls), inputs)
+
+    assert calls == [4, 2]
+    for i, result in enumerate(results):
+        assert result["y"].tolist() == [[2.0 * i] * 3]
+
+
+async def test_multi_row_requests_are_split_back_by_their_row_counts():
+    calls: list[int] = []
+    inputs = [{"x": np.ones((2, 3), dtype=np.float32)}, {"x": np.zeros((1, 3), dtype=np.float32)}]
+
+    results = await _batched(_doubling_model(calls), inputs)
+
+    assert calls == [3]
+    assert results[0]["y"].shape == (2, 3)
+    assert results[1]["y"].tolist() == [[0.0, 0.0, 0.0]]
+
+
+async def test_requests_that_cannot_be_stacked_run_in_separate_batches():
+    calls: list[int] = []
+    inputs = [{"x": np.ones((1, 3), dtype=np.float32)}, {"x": np.ones((1, 5), dtype=np.float32)}]
+
+    results = await _batched(_doubling_model(calls), inputs)
+
+    assert calls == [1, 1]
+    assert results[1]["y"].shape == (1, 5)
+
+
+async def test_a_failing_batch_fails_each_of_its_requests():
+    def broken(feeds):
+        raise RunFailedError("model failed: boom")
+
+    results = await _batched(broken, [{"x": np.ones((1, 1))}, {"x": np.ones((1, 1))}])
+
+    assert all(isinstance(r, RunFailedError) for r in results)
+
+
+def test_batching_host_answers_concurrent_clients_correctly(serve_host):
+    host = serve_host(model_dir=IRIS_DIR, batching={"max_batch_size": 8, "max_wait_ms": 20})
+    rows = [[5.1, 3.5, 1.4, 0.2], [6.3, 3.3, 6.0, 2.5], [7.0, 3.2, 4.7, 1.4]]
+    expected = [0, 2, 1]
+
+    def score(i: int) -> int:
+        body = {"data": [rows[i % 3]]}
+        return requests.post(host.url + "/score", json=body, timeout=30).json()["label"][0]
+
+    with ThreadPoolExecutor(8) as pool:
+        labels = list(pool.map(score, range(24)))
+
+    assert labels == [expected[i % 3] for i in range(24)]
+    metrics = requests.get(host.url + "/metrics", timeout=5).text
+    count = next(
+        line for line in metrics.splitlines() if line.startswith("modelfleet_scoring_batch_size_sum")
+    )
+    assert float(count.split()[-1]) == pytest.approx(24)

@@ -1,0 +1,121 @@
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from modules.scoring.cli import main
+
+from .conftest import IRIS_DIR, IRIS_SCRIPT, ROOT
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_ready(url: str, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1]
+        try:
+            if requests.get(url + "/ready", timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("host did not become ready")
+
+
+def _spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_serve_entry_script_with_key_from_environment_and_stop_on_ctrl_c():
+    port = _free_port()
+    process = _spawn(
+        [
+            "-m",
+            "modules.cli",
+            "serve",
+            "--entry-script",
+            str(IRIS_SCRIPT),
+            "--model-dir",
+            str(IRIS_DIR),
+            "--port",
+            str(port),
+        ],
+        env={"MODELFLEET_SCORING_PRIMARY_KEY": "k1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, process)
+        body = json.dumps({"data": [[5.1, 3.5, 1.4, 0.2]]})
+        denied = requests.post(url + "/score", body, timeout=30)
+        allowed = requests.post(url + "/score", body, headers={"Authorization": "Bearer k1"}, timeout=30)
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+
+    assert denied.status_code == 401
+    assert allowed.json()["predictions"] == ["setosa"]
+    assert process.returncode == 0
+    assert "Traceback" not in stderr
+    assert "stopped" in stderr
+
+
+def test_python_m_modules_scoring_reads_a_settings_file_and_stops_on_sigterm(tmp_path):
+    port = _free_port()
+    settings = tmp_path / "settings.json"
+    settings.write_text(
+        json.dumps(
+            {"model_dir": str(IRIS_DIR), "port": port, "batching": {"max_batch_size": 4, "max_wait_ms": 1}}
+        )
+    )
+    process = _spawn(["-m", "modules.scoring", "--settings-file", str(settings)])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, process)
+        response = requests.post(url + "/score", json={"data": [[5.1, 3.5, 1.4, 0.2]]}, timeout=30)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+
+    assert response.json()["label"] == [0]
+    assert process.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["serve", "--model-dir", "/no/such/folder"], "model folder /no/such/folder does not exist"),
+        (
+            ["serve", "--model-dir", str(IRIS_DIR), "--entry-script", "/no/score.py"],
+            "entry script /no/score.py does not exist",
+        ),
+        (["serve", "--model-dir", str(ROOT / "tests")], "no .onnx file under"),
+        (["serve", "--model-dir", str(IRIS_DIR), "--provider", "tpu"], "invalid execution_provid"),
+        (["serve", "--module", "iris:3"], "--module is not available yet"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors_with_non_zero_exit(capsys, argv, message):
+    code = main(argv)
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert err.startswith("modelfleet: error: ")
+    assert err.count("\n") == 1

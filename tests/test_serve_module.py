@@ -1,0 +1,75 @@
+"""`modelfleet serve --module`: a published module answers on this machine, like on a device."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from publisher import Model, Module, Workspace
+from tests._services import Service, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited early: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    proc.terminate()
+    raise AssertionError(f"scoring host never became ready: {proc.communicate(timeout=10)[1][-2000:]}")
+
+
+def test_serve_module_pulls_and_answers_with_the_packaged_entry_script(
+    distribution: Service, tmp_path: Path
+) -> None:
+    ws = Workspace.create(tmp_path / "ws", registry=distribution.url)
+    name = f"iris-{os.urandom(3).hex()}"
+    Model.register(ws, EXAMPLES / "models" / "iris" / "model.onnx", name)
+    module = Module.package(ws, name + "-svc", [name], entry_script=EXAMPLES / "iris-service" / "score.py")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELFLEET_")}
+    env |= {"MODELFLEET_REGISTRY": distribution.url, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modules.cli", "serve", "--module", module.name, "--port", str(port)],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_ready(f"{base}/v2/health/ready", proc)
+        sample = json.loads((EXAMPLES / "models" / "iris" / "sample-input.json").read_text())
+        resp = requests.post(
+            f"{base}/score", json.dumps(sample), headers={"Content-Type": "application/json"}
+        )
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["predictions"] == ["setosa", "versicolor", "virginica"]
+        pulled = list((tmp_path / "cache" / "modelfleet" / "modules" / module.name).iterdir())
+        assert [p.name for p in pulled] == [module.digest.split(":")[1][:16]]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+
+
+def test_serve_unknown_module_is_a_one_line_error(distribution: Service, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELFLEET_")}
+    env["MODELFLEET_REGISTRY"] = distribution.url
+    proc = subprocess.run(
+        [sys.executable, "-m", "modules.cli", "serve", "--module", "never-packaged"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "modelfleet: error: module 'never-packaged' is not registered"
