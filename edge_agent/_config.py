@@ -1,0 +1,128 @@
+"""Agent settings: flags, then environment, then the TOML file, then defaults.
+
+Secrets never need to sit in the TOML file: each password has a `*_file` twin and an environment
+variable, which is how systemd credentials and container secrets hand them over.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from modules._errors import ConfigError
+
+DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+# setting -> environment variable
+ENVIRONMENT = {
+    "device_id": "MODELFLEET_DEVICE_ID",
+    "fleet": "MODELFLEET_FLEET",
+    "hub": "MODELFLEET_HUB",
+    "registry": "MODELFLEET_REGISTRY",
+    "registry_username": "MODELFLEET_REGISTRY_USERNAME",
+    "registry_password": "MODELFLEET_REGISTRY_PASSWORD",
+    "registry_token": "MODELFLEET_REGISTRY_TOKEN",
+    "mqtt_username": "MODELFLEET_MQTT_USERNAME",
+    "mqtt_password": "MODELFLEET_MQTT_PASSWORD",
+    "data_dir": "MODELFLEET_DATA_DIR",
+}
+
+
+class AgentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    device_id: str
+    fleet: str = "default"
+    tags: dict[str, Any] = Field(default_factory=dict)
+    hub: str = "mqtt://127.0.0.1:1883"
+    registry: str = "http://127.0.0.1:5000"
+    registry_username: str | None = None
+    registry_password: SecretStr | None = None
+    registry_password_file: Path | None = None
+    registry_token: SecretStr | None = None
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    mqtt_password_file: Path | None = None
+    mqtt_tls_ca_file: Path | None = None
+    mqtt_tls_cert_file: Path | None = None
+    mqtt_tls_key_file: Path | None = None
+    trust: list[Path] = Field(default_factory=list, description="Publisher public keys (PEM) to trust")
+    data_dir: Path = Path("/var/lib/modelfleet")
+    port_base: int = Field(0, ge=0, le=60000, description="Added to every module port and the status port")
+    status_port: int = Field(8780, ge=0, le=65535, description="Local status endpoint on 127.0.0.1; 0 = off")
+    heartbeat_s: float = Field(30.0, gt=0)
+    reserve_bytes: int = Field(64 << 20, ge=0, description="Disk space always left free when pulling")
+    backoff_base_s: float = Field(1.0, gt=0)
+    backoff_max_s: float = Field(300.0, gt=0)
+    start_timeout_s: float = Field(120.0, gt=0)
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id(cls, value: str) -> str:
+        if not DEVICE_ID_RE.match(value):
+            raise ValueError("device ids are 1-128 of letters, digits, '.', '_', ':', '-'")
+        return value
+
+    def secret(self, name: str) -> str | None:
+        """A password from the setting itself or its `*_file` twin (first line, stripped)."""
+        value: SecretStr | None = getattr(self, name)
+        if value is not None:
+            return value.get_secret_value()
+        path: Path | None = getattr(self, f"{name}_file", None)
+        if path is None:
+            return None
+        try:
+            return path.read_text().splitlines()[0].strip()
+        except (OSError, IndexError) as exc:
+            raise ConfigError(f"cannot read {name} from {path}: {exc}") from None
+
+    def module_port(self, port: int) -> int:
+        return port + self.port_base
+
+    @property
+    def effective_status_port(self) -> int:
+        return 0 if self.status_port == 0 else self.status_port + self.port_base
+
+
+def load_agent_config(
+    path: Path | None, overrides: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> AgentConfig:
+    """File `[agent]` table (or top level), then environment, then explicit overrides (flags)."""
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"agent config {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+        data = dict(raw.get("agent", raw))
+    for setting, variable in ENVIRONMENT.items():
+        if env.get(variable):
+            data[setting] = env[variable]
+    for key, value in overrides.items():
+        if value is None or value == [] or value == {}:
+            continue
+        if key == "tags":
+            data["tags"] = {**data.get("tags", {}), **value}
+        elif key == "trust":
+            data["trust"] = [*data.get("trust", []), *value]
+        else:
+            data[key] = value
+    if "device_id" not in data:
+        raise ConfigError(
+            "no device id: pass --device-id, set MODELFLEET_DEVICE_ID or device_id in the config"
+        )
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        raise ConfigError(f"invalid agent setting {where}: {first['msg']}") from None
