@@ -1,16 +1,22 @@
 """Scoring throughput: modelfleet's host against Azure ML's inference server, same run.
 
 Both serve the same ONNX model (examples/models/cnn) with the same entry script
-(bench/cnn_score.py); one load generator (an asyncio client in its own process) drives each in
-turn at the same concurrency. modelfleet is also measured as a zero-code ONNX host, with and
-without dynamic batching. Servers run one at a time so they never compete for the CPU.
+(bench/cnn_score.py); one load generator (ApacheBench `ab -k`, or an asyncio client in its own
+process) drives each in turn at the same concurrency, warm-up and duration. modelfleet is also
+measured as a zero-code ONNX host, with and without dynamic batching. Servers run one at a time
+so they never compete for the CPU.
 
     python bench/scoring.py                     # 5 runs x 5 s per configuration
     python bench/scoring.py --runs 3 --seconds 3
     python bench/scoring.py --client python     # asyncio client instead of ApacheBench (ab)
 
 The reference is azureml-inference-server-http 1.5.1, installed here into bench/.venvs/azureml
-on first use (it pins Flask/gunicorn versions that must not meet the project's environment).
+on first use (it pins Flask/gunicorn versions that must not meet the project's environment),
+run with its defaults: WORKER_COUNT=1 (one gunicorn sync worker), WORKER_TIMEOUT=300, access log
+to stdout (discarded here). Only AZUREML_LOG_LEVEL=WARNING is set, which spares it log lines.
+modelfleet runs as `modelfleet serve` with its defaults (processes = CPUs, inference threads
+shared out over them); the batching row turns on a non-default setting and is labelled so.
+The client's own CPU use is printed per row ("client cpu", in cores) to show it is not the limit.
 """
 
 from __future__ import annotations
@@ -156,9 +162,14 @@ def run_ab(url: str, body_file: Path, concurrency: int, seconds: float) -> dict:
     ]
     subprocess.run([*base, "-t", "1", url], check=True, capture_output=True)  # warm-up
     csv = body_file.with_suffix(".percentiles.csv")
+    before = os.times()
     out = subprocess.run(
         [*base, "-t", str(seconds), "-e", str(csv), url], check=True, capture_output=True, text=True
     ).stdout
+    after = os.times()
+    client_cpu = (after.children_user + after.children_system) - (
+        before.children_user + before.children_system
+    )
     fields = {}
     for line in out.splitlines():
         key, _, value = line.partition(":")
@@ -174,6 +185,7 @@ def run_ab(url: str, body_file: Path, concurrency: int, seconds: float) -> dict:
         "throughput": float(fields["Requests per second"].split()[0]),
         "p50_ms": percentiles[50],
         "p99_ms": percentiles[99],
+        "client_cpu": client_cpu / seconds,
     }
 
 
@@ -186,7 +198,7 @@ def run_load(url: str, body_file: Path, concurrency: int, seconds: float) -> dic
         capture_output=True,
         text=True,
     )
-    return json.loads(result.stdout)
+    return {"client_cpu": float("nan"), **json.loads(result.stdout)}
 
 
 # ---------------------------------------------------------------- orchestration
@@ -214,7 +226,8 @@ def measure(server: Server, body_file: Path, runs: int, seconds: float) -> dict:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-    summary = {key: statistics.median(r[key] for r in results) for key in ("throughput", "p50_ms", "p99_ms")}
+    keys = ("throughput", "p50_ms", "p99_ms", "client_cpu")
+    summary = {key: statistics.median(r[key] for r in results) for key in keys}
     summary["errors"] = sum(r["errors"] for r in results)
     summary["runs"] = [round(r["throughput"], 1) for r in results]
     return summary
@@ -261,12 +274,15 @@ def main() -> int:
         "cpu",
     ]
     quiet = {"AZUREML_LOG_LEVEL": "WARNING"}
+    entry = [*modelfleet, "--entry-script", str(SCRIPT)]
     servers = [
         Server("azureml 1.5.1, entry script, c=8", azmlinfsrv, quiet, 8),
-        Server("modelfleet, entry script, c=8", [*modelfleet, "--entry-script", str(SCRIPT)], {}, 8),
+        Server("modelfleet, entry script, c=8", entry, {}, 8),
+        Server("modelfleet, entry script, 1 process, c=8", [*entry, "--processes", "1"], {}, 8),
         Server("modelfleet, zero-code ONNX, c=8", modelfleet, {}, 8),
         Server("azureml 1.5.1, entry script, c=32", azmlinfsrv, quiet, 32),
-        Server("modelfleet, entry script, c=32", [*modelfleet, "--entry-script", str(SCRIPT)], {}, 32),
+        Server("modelfleet, entry script, c=32", entry, {}, 32),
+        Server("modelfleet, zero-code ONNX, c=32", modelfleet, {}, 32),
         Server(
             "modelfleet, zero-code + batching 32/2ms, c=32",
             [*modelfleet, "--max-batch-size", "32", "--max-batch-wait-ms", "2"],
@@ -278,7 +294,8 @@ def main() -> int:
         f"CNN {MODEL_DIR.relative_to(ROOT)}, {os.cpu_count()} CPUs, "
         f"{args.runs} runs x {args.seconds:g} s each, load generator: {args.client}, medians\n"
     )
-    print(f"{'server':<48} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}  runs (req/s)")
+    print(f"modelfleet defaults here: {os.cpu_count()} processes (modelfleet serve --processes)")
+    print(f"{'server':<48} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'client cpu':>10}  runs (req/s)")
     results: dict[str, dict] = {}
     for server in servers:
         summary = measure(server, body_file, args.runs, args.seconds)
@@ -286,7 +303,7 @@ def main() -> int:
         errors = f"  errors={summary['errors']}" if summary["errors"] else ""
         print(
             f"{server.label:<48} {summary['throughput']:>8.1f} {summary['p50_ms']:>8.2f} "
-            f"{summary['p99_ms']:>8.2f}  {summary['runs']}{errors}",
+            f"{summary['p99_ms']:>8.2f} {summary['client_cpu']:>10.2f}  {summary['runs']}{errors}",
             flush=True,
         )
 
@@ -303,7 +320,15 @@ def main() -> int:
         "c=8  zero-code      :", ratio("modelfleet, zero-code ONNX, c=8", "azureml 1.5.1, entry script, c=8")
     )
     print(
+        "c=8  entry, 1 proc  :",
+        ratio("modelfleet, entry script, 1 process, c=8", "azureml 1.5.1, entry script, c=8"),
+    )
+    print(
         "c=32 entry script   :", ratio("modelfleet, entry script, c=32", "azureml 1.5.1, entry script, c=32")
+    )
+    print(
+        "c=32 zero-code      :",
+        ratio("modelfleet, zero-code ONNX, c=32", "azureml 1.5.1, entry script, c=32"),
     )
     print(
         "c=32 batching       :",

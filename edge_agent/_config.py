@@ -54,6 +54,7 @@ class AgentConfig(BaseModel):
     mqtt_tls_key_file: Path | None = None
     trust: list[Path] = Field(default_factory=list, description="Publisher public keys (PEM) to trust")
     data_dir: Path = Path("/var/lib/modelfleet")
+    listen_host: str = Field("0.0.0.0", description="Address module ports listen on")
     port_base: int = Field(0, ge=0, le=60000, description="Added to every module port and the status port")
     status_port: int = Field(8780, ge=0, le=65535, description="Local status endpoint on 127.0.0.1; 0 = off")
     heartbeat_s: float = Field(30.0, gt=0)

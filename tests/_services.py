@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -112,5 +113,55 @@ def run_mosquitto(root: Path) -> Iterator[Service]:
     try:
         _wait_for_port(port, proc, log)
         yield Service(f"mqtt://127.0.0.1:{port}", port, root)
+    finally:
+        _stop(proc)
+
+
+@contextlib.contextmanager
+def run_mosquitto_at(
+    root: Path,
+    port: int,
+    *,
+    users: dict[str, str] | None = None,
+    tls: tuple[Path, Path, Path] | None = None,
+) -> Iterator[Service]:
+    """Mosquitto on a port the caller picked, so a test can stop it and start a fresh one (no
+    persistence) where its clients expect it. `users` turns on a password file (made with
+    `mosquitto_passwd`) and refuses anonymous clients; `tls` is (ca, cert, key) for an mqtts listener.
+    """
+    binary = _binary("mosquitto", "mosquitto")
+    root.mkdir(parents=True, exist_ok=True)
+    # Run as whoever runs the tests: as root, Mosquitto would otherwise switch to user `mosquitto`,
+    # which cannot read a password file or key under pytest's private temp directories.
+    lines = [
+        f"listener {port} 127.0.0.1",
+        f"user {pwd.getpwuid(os.geteuid()).pw_name}",
+        "persistence false",
+        "max_queued_messages 100000",
+    ]
+    if users:
+        passwd_tool = _binary("mosquitto_passwd", "mosquitto")
+        password_file = root / "passwd"
+        password_file.unlink(missing_ok=True)
+        for i, (user, password) in enumerate(users.items()):
+            create = ["-c"] if i == 0 else []
+            subprocess.run([passwd_tool, "-b", *create, str(password_file), user, password], check=True)
+        password_file.chmod(0o644)
+        lines += ["allow_anonymous false", f"password_file {password_file}"]
+    else:
+        lines.append("allow_anonymous true")
+    if tls is not None:
+        ca, cert, key = tls
+        lines += [f"cafile {ca}", f"certfile {cert}", f"keyfile {key}"]
+    lines += ["log_dest stderr", "log_type error", "log_type warning"]
+    config = root / "mosquitto.conf"
+    config.write_text("\n".join(lines) + "\n")
+    log = root / "mosquitto.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen([binary, "-c", str(config)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_port(port, proc, log)
+        scheme = "mqtts" if tls is not None else "mqtt"
+        yield Service(f"{scheme}://127.0.0.1:{port}", port, root)
     finally:
         _stop(proc)

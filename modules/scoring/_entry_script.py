@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import ConfigError
+from . import _json as fast_json
 from ._errors import BadRequestError, RunFailedError, ScoringError
 from ._handler import Handler, json_reply
 from ._raw_http import AMLRequest, AMLResponse, install_azureml_aliases, wants_raw_request
@@ -194,7 +195,7 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     if not body.strip():
         raise BadRequestError("body is empty; expected a JSON object")
     try:
-        value = json.loads(body)
+        value = fast_json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequestError(f"body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):

@@ -18,6 +18,8 @@ from urllib.parse import parse_qsl
 
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict
 
+from . import _json as fast_json
+
 _RAW_ATTR = "__modelfleet_rawhttp__"
 _AZURE_REQUEST_MODULES = (
     "azureml.contrib.services.aml_request",
@@ -61,10 +63,24 @@ class AMLRequest:
     ) -> None:
         self.method = method
         self.path = path
-        self.query_string = query_string.encode()
-        self.headers = CIMultiDictProxy(CIMultiDict(headers))
-        self.args = MultiDict(parse_qsl(query_string, keep_blank_values=True))
+        self._query = query_string
+        # aiohttp's headers are already an immutable case-insensitive view: no copy needed.
+        self.headers = (
+            headers if isinstance(headers, CIMultiDictProxy) else CIMultiDictProxy(CIMultiDict(headers))
+        )
+        self._args: MultiDict[str] | None = None
         self._body = body
+
+    @property
+    def query_string(self) -> bytes:
+        return self._query.encode()
+
+    @property
+    def args(self) -> MultiDict[str]:
+        # Parsed on first use: most scripts never look at the query.
+        if self._args is None:
+            self._args = MultiDict(parse_qsl(self._query, keep_blank_values=True))
+        return self._args
 
     @property
     def full_path(self) -> str:
@@ -100,7 +116,7 @@ class AMLRequest:
                 return None
             raise ValueError("request Content-Type is not application/json")
         try:
-            return json.loads(self._body)
+            return fast_json.loads(self._body)
         except ValueError:
             if silent:
                 return None

@@ -1,7 +1,8 @@
 """Running the app: until cancelled (`serve`) or as a blocking call with clean Ctrl-C (`run_server`).
 
 `run_server` is what `modelfleet serve` and the edge agent's child process end in; SIGTERM and
-SIGINT both stop it cleanly, with exit code 0.
+SIGINT both stop it cleanly, with exit code 0. With `processes > 1` it supervises that many
+worker processes on one port (see `_workers`); `serve` is always this one process.
 """
 
 from __future__ import annotations
@@ -9,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 import sys
 
 from aiohttp import web
 
 from ._settings import ScoringSettings
+from ._workers import BalancedAcceptor, ConnectionTable, Supervisor, bind_socket, multiprocess_supported
 
 log = logging.getLogger("modelfleet.scoring")
 
@@ -31,12 +35,7 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 async def serve(settings: ScoringSettings) -> None:
     """Serve until cancelled; the listening address is logged once bound."""
-    from ._app import create_app
-
-    app = create_app(settings)
-    runner = web.AppRunner(
-        app, access_log=logging.getLogger("modelfleet.scoring.access") if settings.access_log else None
-    )
+    runner = _runner(settings)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
@@ -46,6 +45,30 @@ async def serve(settings: ScoringSettings) -> None:
             log.info("listening on http://%s:%d", address[0], address[1])
         await asyncio.Event().wait()
     finally:
+        await runner.cleanup()
+
+
+def _runner(settings: ScoringSettings) -> web.AppRunner:
+    from ._app import create_app
+
+    access_log = logging.getLogger("modelfleet.scoring.access") if settings.access_log else None
+    return web.AppRunner(create_app(settings), access_log=access_log)
+
+
+async def serve_on_socket(
+    settings: ScoringSettings, sock: socket.socket, table: ConnectionTable, index: int
+) -> None:
+    """One worker process of several: serve on the supervisor's socket until cancelled."""
+    runner = _runner(settings)
+    await runner.setup()
+    assert runner.server is not None
+    acceptor = BalancedAcceptor(sock, runner.server, table, index)
+    try:
+        acceptor.start()
+        log.debug("worker %d (pid %d) serving", index, os.getpid())
+        await asyncio.Event().wait()
+    finally:
+        acceptor.close()
         await runner.cleanup()
 
 
@@ -65,6 +88,10 @@ async def _serve_until_signal(settings: ScoringSettings) -> None:
 def run_server(settings: ScoringSettings) -> int:
     """Blocking: serve until SIGINT/SIGTERM, then shut down cleanly and return 0."""
     configure_logging()
+    if settings.processes > 1:
+        if multiprocess_supported():
+            return _run_workers(settings)
+        log.warning("several processes need fork(); serving with one process")
     try:
         asyncio.run(_serve_until_signal(settings))
     except KeyboardInterrupt:
@@ -73,3 +100,12 @@ def run_server(settings: ScoringSettings) -> int:
         log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror or exc)
         return 1
     return 0
+
+
+def _run_workers(settings: ScoringSettings) -> int:
+    try:
+        sock = bind_socket(settings.host, settings.port)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror or exc)
+        return 1
+    return Supervisor(settings, serve_on_socket, sock).run()

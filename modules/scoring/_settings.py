@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 ProviderName = Literal["cuda", "tensorrt", "openvino", "cpu"]
 
 
-def _cpu_count() -> int:
+def cpu_count() -> int:
     # Respect CPU affinity (containers, taskset) rather than the machine's total.
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -48,13 +48,28 @@ class ScoringSettings(BaseModel):
     max_request_bytes: int = Field(8 * 1024 * 1024, gt=0)
     primary_key: SecretStr | None = None
     secondary_key: SecretStr | None = None
-    # How many inferences may run at once (threads); each ONNX Runtime call then gets
-    # intra_op_threads threads, so together they fill the device without oversubscribing it.
-    inference_workers: int = Field(default_factory=lambda: min(_cpu_count(), 4), ge=1)
+    # How many inferences may run at once in each process (threads); each ONNX Runtime call then
+    # gets intra_op_threads threads, so together they fill the device without oversubscribing
+    # it. Default: CPUs (at most 4) shared out over the processes, since threads beyond that
+    # only queue for the GIL and the cores.
+    inference_workers: int = Field(default_factory=lambda: min(cpu_count(), 4), ge=1)
     intra_op_threads: int | None = Field(None, ge=1)
+    # Worker processes sharing the port, each with its own init() and model copy. 1 here (the
+    # Python API and the agent's settings file: memory is the device owner's call); the CLI
+    # defaults to the number of CPUs.
+    processes: int = Field(1, ge=1)
     host: str = "127.0.0.1"
     port: int = Field(8890, ge=0, le=65535)
     access_log: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _share_workers_over_processes(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("inference_workers") is None:
+            processes = data.get("processes") or 1
+            if isinstance(processes, int) and processes > 1:
+                data = {**data, "inference_workers": max(1, min(cpu_count(), 4) // processes)}
+        return data
 
     @field_validator("execution_providers")
     @classmethod
@@ -70,4 +85,4 @@ class ScoringSettings(BaseModel):
     def resolved_intra_op_threads(self) -> int:
         if self.intra_op_threads is not None:
             return self.intra_op_threads
-        return max(1, _cpu_count() // self.inference_workers)
+        return max(1, cpu_count() // (self.inference_workers * self.processes))

@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from . import _json as fast_json
 from ._errors import BadRequestError
+from ._json import all_finite
 from ._tensors import V2_TO_NUMPY, TensorSpec, numpy_to_v2
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -41,7 +43,7 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
     else:
         header, binary = body, b""
     try:
-        document = json.loads(header)
+        document = fast_json.loads(header)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequestError(f"inference request is not valid JSON: {exc}") from None
     if not isinstance(document, dict) or not isinstance(document.get("inputs"), list):
@@ -159,6 +161,7 @@ def encode_response(
         chosen = {name: request.binary_by_default for name in outputs}
     documents = []
     chunks: list[bytes] = []
+    finite = True
     for name, binary in chosen.items():
         array = np.asarray(outputs[name])
         datatype = numpy_to_v2(array.dtype)
@@ -169,6 +172,7 @@ def encode_response(
             chunks.append(raw)
         else:
             document["data"] = _json_data(array, datatype)
+            finite = finite and all_finite(array)
         documents.append(document)
     response: dict[str, Any] = {
         "model_name": model_name,
@@ -177,7 +181,8 @@ def encode_response(
     }
     if request.id is not None:
         response["id"] = request.id
-    header = json.dumps(response).encode()
+    # NaN/Infinity keep the standard library's spelling (orjson would write null).
+    header = fast_json.dumps_finite(response) if finite else json.dumps(response).encode()
     if not chunks:
         return header, {"Content-Type": "application/json"}
     return header + b"".join(chunks), {

@@ -14,10 +14,12 @@ from typing import Any
 import numpy as np
 
 from .._errors import ConfigError
+from . import _json as fast_json
 from ._batching import DynamicBatcher
 from ._entry_script import parse_json_object
 from ._errors import BadRequestError, RunFailedError
 from ._handler import Handler, json_reply
+from ._json import all_finite
 from ._onnx_session import create_session
 from ._raw_http import AMLRequest, AMLResponse
 from ._tensors import TensorSpec, check_shape, to_array
@@ -111,7 +113,12 @@ class OnnxModelHandler(Handler):
             loop = asyncio.get_running_loop()
             feeds = await loop.run_in_executor(self.executor, self._decode, request.data)
         outputs = await self._run(feeds)
-        return json_reply({name: value.tolist() for name, value in outputs.items()})
+        result = {name: value.tolist() for name, value in outputs.items()}
+        if all(all_finite(value) for value in outputs.values()):
+            reply = AMLResponse(None, 200)
+            reply.body = fast_json.dumps_finite(result)
+            return reply
+        return json_reply(result)  # NaN/Infinity spelled as the standard library does
 
     async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         known = {spec.name for spec in self.inputs}

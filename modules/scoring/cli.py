@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from .._errors import ConfigError, ModelfleetError
 from ._auth import keys_from_environment, keys_from_file
 from ._server import run_server, serve
-from ._settings import BatchingSettings, ScoringSettings
+from ._settings import BatchingSettings, ScoringSettings, cpu_count
 
 __all__ = ["main", "run_server", "serve"]
 
@@ -41,7 +41,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-batch-wait-ms", type=float, default=2.0)
     parser.add_argument("--timeout-ms", type=int, default=60_000, help="scoring timeout")
     parser.add_argument("--max-request-bytes", type=int, default=8 * 1024 * 1024)
-    parser.add_argument("--workers", type=int, help="inferences run at once (default: CPUs)")
+    parser.add_argument(
+        "--workers", type=int, help="inferences run at once per process (default: CPUs, at most 4)"
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        help=f"worker processes sharing the port, each running init() (default: CPUs, here {cpu_count()})",
+    )
     parser.add_argument("--keys-file", type=Path, help="JSON or two lines: primary, secondary")
     parser.add_argument("--access-log", action="store_true")
     return parser
@@ -74,6 +81,7 @@ def settings_from_args(args: argparse.Namespace) -> ScoringSettings:
         "host": args.host,
         "port": args.port,
         "access_log": args.access_log,
+        "processes": args.processes if args.processes is not None else cpu_count(),
     }
     if args.workers is not None:
         values["inference_workers"] = args.workers

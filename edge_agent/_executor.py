@@ -1,0 +1,313 @@
+"""Carries out the planner's commands on real processes, safely.
+
+A new version always starts beside the one serving, on its own internal port, and must pass
+readiness and a smoke request before the module's public port (a front proxy) is switched to it;
+in-flight requests to the old one drain before it stops. Any failure on the way leaves the old
+version serving: that is the rollback.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edge_agent._config import AgentConfig
+from edge_agent._planner import DesiredModule, Remove, Replace, Start
+from edge_agent._runtime import Backoff, FrontProxy, InstanceConfig, ProcessRuntime, Supervisor
+from edge_agent._state import InstanceRecord
+from edge_agent._store import ArtifactStore, StoredModule
+from modules._errors import ModelfleetError
+from modules.device_state import ModuleState
+from modules.oci import RegistryClient, RegistryCredentials
+from modules.spec import HealthProbe
+
+log = logging.getLogger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RunningModule:
+    record: InstanceRecord
+    supervisor: Supervisor
+    proxy: FrontProxy
+
+
+class ModuleStartFailed(ModelfleetError):
+    """A module version could not be brought up; what was serving before still is."""
+
+
+class Executor:
+    def __init__(
+        self,
+        config: AgentConfig,
+        store: ArtifactStore,
+        runtime: ProcessRuntime,
+        on_state: Callable[[str, ModuleState], None],
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.runtime = runtime
+        self.on_state = on_state
+        self.running: dict[str, RunningModule] = {}
+        self._serial = itertools.count(1)
+        self._emit: dict[int, Callable[[], None]] = {}
+
+    # -- building blocks ----------------------------------------------------------------------
+
+    def _registry(self) -> RegistryClient:
+        c = self.config
+        credentials = RegistryCredentials(
+            username=c.registry_username,
+            password=c.secret("registry_password"),
+            token=c.secret("registry_token"),
+        )
+        return RegistryClient(c.registry, credentials)
+
+    def _backoff(self) -> Backoff:
+        return Backoff(base_s=self.config.backoff_base_s, max_s=self.config.backoff_max_s)
+
+    async def _fetch(self, desired: DesiredModule) -> StoredModule:
+        self._report(desired, status="downloading")
+        async with self._registry() as client:
+            return await self.store.ensure_module(client, desired.repository, desired.digest)
+
+    def _instance_config(
+        self, desired: DesiredModule, stored: StoredModule, instance_id: str, port: int
+    ) -> InstanceConfig:
+        return InstanceConfig(
+            instance_id=instance_id,
+            module=desired.name,
+            model_dir=stored.model_dir,
+            entry_script=stored.entry_script,
+            code_dir=stored.code_dir if stored.entry_script is not None else None,
+            spec=stored.spec,
+            port=port,
+            env=dict(desired.env),
+            execution_providers=list(desired.execution_providers) if desired.execution_providers else None,
+        )
+
+    def _supervisor(
+        self, desired: DesiredModule, config: InstanceConfig, version: int | None, python: str | None
+    ) -> Supervisor:
+        probe = (
+            HealthProbe.model_validate(desired.health_probe)
+            if desired.health_probe
+            else config.spec.health_probe
+        )
+
+        holder: list[Supervisor] = []
+
+        def forward(state: ModuleState) -> None:
+            current = self.running.get(desired.name)
+            if current is not None and holder and current.supervisor is not holder[0]:
+                return  # not (or no longer) the instance that serves this module
+            state = state.model_copy(
+                update={
+                    "name": desired.name,
+                    "deployment": desired.deployment,
+                    "module": desired.repository,
+                    "digest": desired.digest,
+                    "version": version,
+                    "port": self.config.module_port(desired.port),
+                }
+            )
+            self.on_state(desired.name, state)
+
+        supervisor = Supervisor(
+            self.runtime,
+            config,
+            policy=desired.restart_policy,  # type: ignore[arg-type]
+            backoff=self._backoff(),
+            on_state=forward,
+            health_probe=probe,
+            smoke_test=True,
+            ready_timeout=self.config.start_timeout_s,
+            python=python,
+        )
+        holder.append(supervisor)
+        self._emit[id(supervisor)] = lambda: forward(supervisor.state)
+        return supervisor
+
+    def _announce(self, supervisor: Supervisor) -> None:
+        """Report the state of the instance that now serves (its earlier updates were held back)."""
+        emit = self._emit.get(id(supervisor))
+        if emit is not None:
+            emit()
+
+    def _report(self, desired: DesiredModule, **fields: object) -> None:
+        current = self.running.get(desired.name)
+        if (
+            current is not None
+            and current.record.digest != desired.digest
+            and fields.get("status") != "failed"
+        ):
+            return  # the old version is still what serves; its supervisor reports it
+        state = ModuleState(
+            name=desired.name,
+            deployment=desired.deployment,
+            module=desired.repository,
+            digest=desired.digest,
+            port=self.config.module_port(desired.port),
+            **fields,  # type: ignore[arg-type]
+        )
+        self.on_state(desired.name, state)
+
+    def _record(
+        self, desired: DesiredModule, config: InstanceConfig, pid: int | None, version: int | None
+    ) -> InstanceRecord:
+        return InstanceRecord(
+            module=desired.name,
+            deployment=desired.deployment,
+            instance_id=config.instance_id,
+            pid=pid,
+            internal_port=config.port,
+            public_port=desired.port,
+            repository=desired.repository,
+            digest=desired.digest,
+            version=version,
+            fingerprint=desired.fingerprint,
+            startup_order=desired.startup_order,
+            restart_policy=desired.restart_policy,
+            env=dict(desired.env),
+            execution_providers=list(desired.execution_providers) if desired.execution_providers else None,
+            health_probe=dict(desired.health_probe) if desired.health_probe else None,
+        )
+
+    async def _bring_up(self, desired: DesiredModule) -> tuple[Supervisor, InstanceConfig, int | None]:
+        """Pull, start on a fresh internal port, pass readiness and the smoke request."""
+        stored = await self._fetch(desired)
+        instance_id = f"{desired.name}-{desired.digest[7:15]}-{next(self._serial)}"
+        config = self._instance_config(desired, stored, instance_id, free_port())
+        version = stored.spec.version
+        self._report(desired, status="starting", version=version)
+        python = await self.runtime.ensure_env(stored.spec.requirements)
+        supervisor = self._supervisor(desired, config, version, python)
+        try:
+            await supervisor.start()
+        except BaseException:
+            await supervisor.stop()
+            self._emit.pop(id(supervisor), None)
+            raise
+        return supervisor, config, version
+
+    # -- commands -----------------------------------------------------------------------------
+
+    async def start(self, command: Start) -> InstanceRecord:
+        desired = command.desired
+        supervisor, config, version = await self._bring_up(desired)
+        proxy = FrontProxy(self.config.listen_host, self.config.module_port(desired.port))
+        try:
+            await proxy.start()
+        except OSError as exc:
+            await supervisor.stop()
+            raise ModuleStartFailed(
+                f"cannot listen on port {self.config.module_port(desired.port)}: {exc.strerror}"
+            ) from exc
+        proxy.switch(config.port)
+        record = self._record(desired, config, supervisor.state.pid, version)
+        self.running[desired.name] = RunningModule(record, supervisor, proxy)
+        return record
+
+    async def replace(self, command: Replace) -> InstanceRecord:
+        desired = command.desired
+        old = self.running[desired.name]
+        supervisor, config, version = await self._bring_up(desired)
+        proxy = old.proxy
+        if old.record.public_port != desired.port:
+            proxy = FrontProxy(self.config.listen_host, self.config.module_port(desired.port))
+            try:
+                await proxy.start()
+            except OSError as exc:
+                await supervisor.stop()
+                raise ModuleStartFailed(f"cannot listen on port {desired.port}: {exc.strerror}") from exc
+        previous = proxy.switch(config.port)
+        record = self._record(desired, config, supervisor.state.pid, version)
+        self.running[desired.name] = RunningModule(record, supervisor, proxy)
+        self._announce(supervisor)
+        if previous is not None:
+            try:
+                await proxy.drained(previous, timeout=30)
+            except TimeoutError:
+                log.warning("module %s: requests to the old version did not drain in 30 s", desired.name)
+        if proxy is not old.proxy:
+            await old.proxy.stop()
+        await old.supervisor.stop()
+        self._emit.pop(id(old.supervisor), None)
+        return record
+
+    async def remove(self, command: Remove) -> None:
+        running = self.running.pop(command.actual.name, None)
+        if running is None:
+            return
+        await running.proxy.stop()
+        await running.supervisor.stop()
+        self._emit.pop(id(running.supervisor), None)
+
+    async def readopt(self, record: InstanceRecord) -> InstanceRecord | None:
+        """After an agent restart: supervise the instance that is still running, or start it again."""
+        stored = self.store.stored_module(record.digest)
+        if stored is None:
+            return None
+        desired = DesiredModule(
+            name=record.module,
+            deployment=record.deployment,
+            repository=record.repository,
+            digest=record.digest,
+            port=record.public_port,
+            restart_policy=record.restart_policy,
+            startup_order=record.startup_order,
+            env=record.env,
+            execution_providers=tuple(record.execution_providers) if record.execution_providers else None,
+            health_probe=record.health_probe,
+        )
+        config = self._instance_config(desired, stored, record.instance_id, record.internal_port)
+        python = await self.runtime.ensure_env(stored.spec.requirements)
+        supervisor = self._supervisor(desired, config, record.version, python)
+        instance = self.runtime.adopt(record.instance_id, record.pid, config) if record.pid else None
+        if instance is not None:
+            supervisor.adopt(instance)
+            log.info(
+                "module %s: re-adopted running instance %s (pid %s)",
+                record.module,
+                record.instance_id,
+                record.pid,
+            )
+        else:
+            config = self._instance_config(
+                desired, stored, f"{record.module}-{record.digest[7:15]}-r{next(self._serial)}", free_port()
+            )
+            supervisor = self._supervisor(desired, config, record.version, python)
+            try:
+                await supervisor.start()
+            except ModelfleetError as exc:
+                await supervisor.stop()
+                log.error("module %s: could not restart after agent restart: %s", record.module, exc)
+                return None
+        proxy = FrontProxy(self.config.listen_host, self.config.module_port(record.public_port))
+        await proxy.start()
+        proxy.switch(config.port)
+        new_record = self._record(desired, config, supervisor.state.pid, record.version)
+        self.running[record.module] = RunningModule(new_record, supervisor, proxy)
+        return new_record
+
+    async def restart(self, name: str) -> None:
+        """The `restartModule` method: same version, a fresh process, same port."""
+        running = self.running[name]
+        await running.supervisor.stop()
+        await running.supervisor.start()
+
+    async def shutdown(self) -> None:
+        """Stop every module: a clean agent stop leaves nothing running. (After `kill -9` the
+        modules keep running and the next agent re-adopts them.)"""
+        for running in list(self.running.values()):
+            await running.proxy.stop()
+            await running.supervisor.stop()
+        self.running.clear()

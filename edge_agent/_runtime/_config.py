@@ -1,0 +1,78 @@
+"""What the runtime needs to start one instance of a module, and how it becomes ScoringSettings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from modules.scoring import ScoringSettings
+from modules.spec import ModuleSpec
+
+# What the scoring host understands; the spec allows more (rocm, dml, coreml) for other runtimes.
+_HOST_PROVIDERS = ("cuda", "tensorrt", "openvino", "cpu")
+
+
+class InstanceConfig(BaseModel):
+    """One instance of one module version on one internal port.
+
+    The instance id goes into the settings file path, which is on the child's command line: that is
+    how `adopt()` recognises its own processes after the agent restarts.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    instance_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    module: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    model_dir: Path
+    entry_script: Path | None = None
+    code_dir: Path | None = None
+    spec: ModuleSpec
+    port: int = Field(ge=1, le=65535)
+    env: dict[str, str] = Field(default_factory=dict)
+    execution_providers: list[str] | None = None
+    primary_key: SecretStr | None = None
+    secondary_key: SecretStr | None = None
+
+    def resolved_entry_script(self) -> Path | None:
+        """A relative entry script is inside the code folder, as the spec writes it."""
+        if self.entry_script is None:
+            return None
+        if self.entry_script.is_absolute() or self.code_dir is None:
+            return self.entry_script
+        return self.code_dir / self.entry_script
+
+    def scoring_settings(self) -> ScoringSettings:
+        """The host's settings: providers filtered to what it knows, CPU always the last resort."""
+        wanted = self.execution_providers or list(self.spec.execution_providers)
+        providers = [p for p in wanted if p in _HOST_PROVIDERS] or ["cpu"]
+        data: dict[str, Any] = {
+            "model_dir": self.model_dir,
+            "entry_script": self.resolved_entry_script(),
+            "model_version": str(self.spec.version),
+            "execution_providers": providers,
+            "scoring_timeout_ms": self.spec.scoring.timeout_ms,
+            "max_request_bytes": self.spec.scoring.max_request_bytes,
+            "primary_key": self.primary_key,
+            "secondary_key": self.secondary_key,
+            "host": "127.0.0.1",
+            "port": self.port,
+        }
+        if self.spec.scoring.batching is not None:
+            data["batching"] = self.spec.scoring.batching.model_dump()
+        # The agent may run several modules on a small device: one process each keeps the
+        # supervision simple (one pid, one group) and the CPU shared fairly.
+        if "processes" in ScoringSettings.model_fields:
+            data["processes"] = 1
+        return ScoringSettings.model_validate(data)
+
+
+def settings_json(settings: ScoringSettings) -> str:
+    """The settings as the host reads them, keys in clear (the file is private to the agent)."""
+    data = settings.model_dump(mode="json")
+    for name in ("primary_key", "secondary_key"):
+        secret = getattr(settings, name)
+        data[name] = secret.get_secret_value() if secret is not None else None
+    return json.dumps(data, indent=2)

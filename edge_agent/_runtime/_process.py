@@ -1,0 +1,411 @@
+"""Module instances as child processes of the agent, each serving the scoring host on its own port.
+
+Children are spawned with `subprocess.Popen` and watched from the event loop through a pidfd
+rather than with `asyncio.create_subprocess_exec`: asyncio's subprocess transport kills its child
+when it is closed or collected, and a module must outlive an agent restart so the new agent can
+adopt it. Output still flows through a pipe read by the event loop into the module's log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+
+from ._config import InstanceConfig, settings_json
+from ._errors import ModuleStartError
+from ._logs import RotatingLog, pump, tail_lines
+from ._venv import EnvBuilder
+
+log = logging.getLogger("modelfleet.agent.runtime")
+
+# The exit status of a process that is not our child cannot be read; this stands for "unknown".
+UNKNOWN_EXIT_CODE = 255
+_RECENT_LINES = 40
+_REASON_LINES = 15
+_POLL_S = 0.1
+_ADOPTED_POLL_S = 0.25
+
+
+class Instance:
+    """A running (or finished) module instance: our own child, or one adopted after a restart."""
+
+    def __init__(
+        self,
+        config: InstanceConfig,
+        pid: int,
+        started_at: datetime,
+        *,
+        popen: subprocess.Popen[bytes] | None = None,
+    ) -> None:
+        self.config = config
+        self.pid = pid
+        self.started_at = started_at
+        self.adopted = popen is None
+        self.recent: collections.deque[str] = collections.deque(maxlen=_RECENT_LINES)
+        self._popen = popen
+        self._returncode: int | None = None
+        self._exited: asyncio.Future[int] | None = None
+        self._pidfd: int | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self.pump_task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Instance {self.config.instance_id} pid={self.pid} returncode={self.returncode}>"
+
+    @property
+    def returncode(self) -> int | None:
+        """None while running; negative -N when killed by signal N, as subprocess reports it."""
+        if self._returncode is None and self.adopted and not _alive(self.pid, self.config.instance_id):
+            self._set_exit(UNKNOWN_EXIT_CODE)
+        return self._returncode
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.config.port}"
+
+    def _watch(self) -> None:
+        """Learn of our child's exit from the event loop: pidfd when the kernel has it, else polling."""
+        loop = asyncio.get_running_loop()
+        self._exited = loop.create_future()
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):
+            self._poller = loop.create_task(self._poll_child(), name=f"watch-{self.config.instance_id}")
+            return
+        loop.add_reader(self._pidfd, self._on_pidfd)
+
+    def _on_pidfd(self) -> None:
+        assert self._pidfd is not None and self._popen is not None
+        asyncio.get_running_loop().remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self._pidfd = None
+        self._set_exit(self._popen.wait())
+
+    async def _poll_child(self) -> None:
+        assert self._popen is not None
+        while (code := self._popen.poll()) is None:
+            await asyncio.sleep(_POLL_S)
+        self._set_exit(code)
+
+    def _set_exit(self, code: int) -> None:
+        if self._returncode is None:
+            self._returncode = code
+        if self._exited is not None and not self._exited.done():
+            self._exited.set_result(self._returncode)
+
+    async def wait(self) -> int:
+        """Until the process exits; its exit code (UNKNOWN_EXIT_CODE for an adopted one)."""
+        if self.adopted:
+            while self.returncode is None:
+                await asyncio.sleep(_ADOPTED_POLL_S)
+            assert self._returncode is not None
+            return self._returncode
+        assert self._exited is not None
+        return await asyncio.shield(self._exited)
+
+    def reason(self, lines: int = _REASON_LINES) -> str:
+        return "\n".join(list(self.recent)[-lines:])
+
+
+def _proc_stat_state(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name in parentheses may hold spaces; the state follows the last ')'.
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode("utf-8", errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _settings_marker(instance_id: str) -> str:
+    return f"/instances/{instance_id}/settings.json"
+
+
+def _is_instance(pid: int, instance_id: str) -> bool:
+    """The pid runs our scoring host for exactly this instance (not a reused pid, not a sibling)."""
+    marker = _settings_marker(instance_id)
+    return any(arg.endswith(marker) for arg in _cmdline(pid))
+
+
+def _alive(pid: int, instance_id: str) -> bool:
+    state = _proc_stat_state(pid)
+    return state is not None and state not in ("Z", "X") and _is_instance(pid, instance_id)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # killpg(0) also succeeds for a group of zombies only; those are as good as gone.
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def _started_at_of(pid: int) -> datetime:
+    """When a process we did not start began, from /proc; now if that cannot be read."""
+    try:
+        start_ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        lines = Path("/proc/stat").read_text().splitlines()
+        boot = next(int(line.split()[1]) for line in lines if line.startswith("btime"))
+        return datetime.fromtimestamp(boot + start_ticks / os.sysconf("SC_CLK_TCK"), UTC)
+    except (OSError, ValueError, IndexError, StopIteration):
+        return datetime.now(UTC)
+
+
+class ProcessRuntime:
+    """Starts, stops, checks and adopts module instances; keeps their logs and environments.
+
+    Layout under `data_dir`: `instances/<id>/settings.json` (private: it holds the keys),
+    `logs/<module>.log*`, `envs/<hash>/`.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        python: str = sys.executable,
+        log_max_bytes: int = 5 * 1024 * 1024,
+        log_backups: int = 3,
+    ) -> None:
+        self.data_dir = data_dir
+        self.python = python
+        self.log_max_bytes = log_max_bytes
+        self.log_backups = log_backups
+        self._logs: dict[str, RotatingLog] = {}
+        self._envs = EnvBuilder(data_dir / "envs", python=python)
+        self._pumps: set[asyncio.Task[None]] = set()
+
+    # -- logs -------------------------------------------------------------------------------
+
+    def module_log(self, module: str) -> RotatingLog:
+        current = self._logs.get(module)
+        if current is None:
+            path = self.data_dir / "logs" / f"{module}.log"
+            current = RotatingLog(path, max_bytes=self.log_max_bytes, backups=self.log_backups)
+            self._logs[module] = current
+        return current
+
+    def logs(self, module: str, tail: int = 100) -> list[str]:
+        """The module's last `tail` output lines, oldest first, across rotated files."""
+        return tail_lines(self.module_log(module).files(), tail)
+
+    # -- environments -----------------------------------------------------------------------
+
+    async def ensure_env(self, requirements: list[str]) -> str:
+        """The interpreter to run a module with these extra requirements (built once per set)."""
+        return await self._envs.ensure(requirements)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def settings_path(self, instance_id: str) -> Path:
+        return self.data_dir / "instances" / instance_id / "settings.json"
+
+    def command(self, config: InstanceConfig, python: str | None = None) -> list[str]:
+        # The settings path holds the instance id: the host's CLI takes no other argument, and
+        # this is what adopt() looks for in /proc/<pid>/cmdline.
+        settings_file = str(self.settings_path(config.instance_id))
+        return [python or self.python, "-m", "modules.scoring", "--settings-file", settings_file]
+
+    def _environment(self, config: InstanceConfig) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(config.env)
+        paths = [str(config.code_dir)] if config.code_dir else []
+        if env.get("PYTHONPATH"):
+            paths.append(env["PYTHONPATH"])
+        if paths:
+            env["PYTHONPATH"] = os.pathsep.join(paths)
+        env["PYTHONUNBUFFERED"] = "1"
+        # Keys travel in the private settings file only; inherited ones would override nothing
+        # but would leak into the module's environment.
+        env.pop("MODELFLEET_SCORING_PRIMARY_KEY", None)
+        env.pop("MODELFLEET_SCORING_SECONDARY_KEY", None)
+        return env
+
+    async def start(self, config: InstanceConfig, *, python: str | None = None) -> Instance:
+        """Spawn the scoring host for `config` in its own session; returns once it is spawned."""
+        settings_file = self.settings_path(config.instance_id)
+        settings_file.parent.mkdir(parents=True, exist_ok=True)
+        text = settings_json(config.scoring_settings())
+        descriptor = os.open(settings_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+        cwd = config.code_dir or settings_file.parent
+        read_fd, write_fd = os.pipe()
+        try:
+            popen = subprocess.Popen(
+                self.command(config, python),
+                stdin=subprocess.DEVNULL,
+                stdout=write_fd,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=self._environment(config),
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            os.close(read_fd)
+            raise ModuleStartError(f"cannot start {config.instance_id}: {exc}") from exc
+        finally:
+            os.close(write_fd)
+        instance = Instance(config, popen.pid, datetime.now(UTC), popen=popen)
+        instance._watch()
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 20)
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0)
+        )
+        task = loop.create_task(
+            pump(reader, self.module_log(config.module), instance.recent), name=f"log-{config.instance_id}"
+        )
+        instance.pump_task = task
+        self._pumps.add(task)
+        task.add_done_callback(self._pumps.discard)
+        log.info("started %s (pid %d, port %d)", config.instance_id, popen.pid, config.port)
+        return instance
+
+    async def stop(self, instance: Instance, timeout: float = 10.0) -> int:
+        """SIGTERM to the instance's process group, SIGKILL to what is left after `timeout`.
+
+        The group goes, not just the host: whatever an entry script started must not outlive
+        its module.
+        """
+        pgid = instance.pid  # session leader: its pid is the group id
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGTERM)
+        code: int | None = None
+        with contextlib.suppress(TimeoutError):
+            code = await asyncio.wait_for(instance.wait(), timeout)
+        if code is None:
+            log.warning("%s did not stop within %.1fs: killing it", instance.config.instance_id, timeout)
+        # Stragglers (children that ignored SIGTERM, or outlived their parent) go too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        if code is None:
+            code = await instance.wait()
+        deadline = time.monotonic() + timeout
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            await asyncio.sleep(_POLL_S)
+        if instance.pump_task is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(instance.pump_task), 2.0)
+        if not _group_alive(pgid):
+            # Nothing left that could be adopted: the private settings (keys) go with it.
+            shutil.rmtree(self.settings_path(instance.config.instance_id).parent, ignore_errors=True)
+        log.info("stopped %s (exit %d)", instance.config.instance_id, code)
+        return code
+
+    async def wait_ready(self, instance: Instance, timeout: float) -> None:
+        """Until GET /v2/health/ready answers 200; fails fast on exit or a failed init()."""
+        deadline = time.monotonic() + timeout
+        exited = asyncio.ensure_future(instance.wait())
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0)) as session:
+                while True:
+                    if instance.returncode is not None or exited.done():
+                        raise ModuleStartError(self._exit_reason(instance))
+                    if await self._ready(session, instance):
+                        return
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        detail = instance.reason()
+                        raise ModuleStartError(
+                            f"{instance.config.instance_id} not ready after {timeout:.0f}s"
+                            + (f"; last output:\n{detail}" if detail else "")
+                        )
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(exited), min(_POLL_S, remaining))
+        finally:
+            exited.cancel()
+
+    async def _ready(self, session: aiohttp.ClientSession, instance: Instance) -> bool:
+        """One readiness check; raises when the host reports that init() failed."""
+        try:
+            async with session.get(instance.url + "/v2/health/ready") as response:
+                if response.status == 200:
+                    return True
+            # Not ready: the liveness route says whether it is still loading or has given up.
+            async with session.get(instance.url + "/") as response:
+                details = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return False  # not listening yet
+        if isinstance(details, dict) and details.get("status") == "Unhealthy":
+            error = details.get("error") or "init() failed"
+            raise ModuleStartError(f"{instance.config.instance_id}: {error}")
+        return False
+
+    def _exit_reason(self, instance: Instance) -> str:
+        code = instance.returncode
+        detail = instance.reason()
+        return f"{instance.config.instance_id} exited with code {code} before it was ready" + (
+            f"; last output:\n{detail}" if detail else ""
+        )
+
+    async def smoke_test(self, instance: Instance) -> None:
+        """POST the spec's sample input to /score; anything but 2xx means the module is broken."""
+        sample = instance.config.spec.sample_input
+        if sample is None:
+            return
+        headers = {}
+        if instance.config.primary_key is not None:
+            headers["Authorization"] = f"Bearer {instance.config.primary_key.get_secret_value()}"
+        timeout = aiohttp.ClientTimeout(total=instance.config.spec.scoring.timeout_ms / 1000 + 5)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.post(instance.url + "/score", json=sample, headers=headers) as response,
+            ):
+                body = await response.text(errors="replace")
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ModuleStartError(f"smoke test of {instance.config.instance_id} failed: {exc!r}") from exc
+        if not 200 <= status < 300:
+            raise ModuleStartError(
+                f"smoke test of {instance.config.instance_id}: HTTP {status}: {body[:1000]}"
+            )
+
+    def adopt(self, instance_id: str, pid: int, config: InstanceConfig) -> Instance | None:
+        """A handle on an instance started by an earlier agent, or None when the pid is not it."""
+        if config.instance_id != instance_id or not _alive(pid, instance_id):
+            return None
+        return Instance(config, pid, _started_at_of(pid))
+
+    async def close(self) -> None:
+        """Stop watching (builds, log pumps) without stopping the modules: a new agent adopts them."""
+        await self._envs.close()
+        for task in list(self._pumps):
+            task.cancel()
+        for task in list(self._pumps):
+            with contextlib.suppress(BaseException):
+                await task
+        for module_log in self._logs.values():
+            module_log.close()

@@ -1,0 +1,147 @@
+"""`modelfleet agent run|status`: the daemon and a look at it.
+
+`run` is what systemd starts (see docs/agent.md): logs go to stderr (the journal), SIGTERM stops
+modules and exits 0, a configuration problem is one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from modules._errors import ModelfleetError
+
+
+def _key_values(items: list[str] | None) -> dict[str, Any]:
+    from modules._errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--tag expects KEY=VALUE, got {item!r}")
+        lowered = value.lower()
+        out[key] = True if lowered == "true" else False if lowered == "false" else _number(value)
+    return out
+
+
+def _number(value: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelfleet agent")
+    sub = parser.add_subparsers(dest="action", required=True)
+    run = sub.add_parser("run", help="run the edge agent until stopped")
+    run.add_argument("--config", type=Path, help="agent.toml")
+    run.add_argument("--device-id")
+    run.add_argument("--fleet")
+    run.add_argument(
+        "--tag", action="append", metavar="K=V", help="device tag (repeatable); true/false/numbers typed"
+    )
+    run.add_argument("--hub", help="mqtt://host:port or mqtts://host:port")
+    run.add_argument("--registry")
+    run.add_argument(
+        "--trust", action="append", type=Path, metavar="PUBKEY_FILE", help="publisher key to trust"
+    )
+    run.add_argument("--data-dir", type=Path)
+    run.add_argument("--port-base", type=int, help="added to every module port (several agents on one host)")
+    run.add_argument("--status-port", type=int, help="local status endpoint port (0 = off)")
+    run.add_argument("--listen-host", help="address module ports listen on (default 0.0.0.0)")
+    run.add_argument("--log-level", default="INFO")
+    status = sub.add_parser("status", help="show the local agent's state")
+    status.add_argument("--port", type=int, default=8780, help="status port (plus --port-base of the agent)")
+    status.add_argument("--json", action="store_true")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from edge_agent._agent import Agent
+    from edge_agent._config import load_agent_config
+
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    config = load_agent_config(
+        args.config,
+        {
+            "device_id": args.device_id,
+            "fleet": args.fleet,
+            "tags": _key_values(args.tag),
+            "hub": args.hub,
+            "registry": args.registry,
+            "trust": args.trust or [],
+            "data_dir": args.data_dir,
+            "port_base": args.port_base,
+            "status_port": args.status_port,
+            "listen_host": args.listen_host,
+        },
+    )
+    agent = Agent(config)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, agent.request_stop)
+        await agent.run_forever()
+
+    asyncio.run(main())
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    url = f"http://127.0.0.1:{args.port}/status"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            state = json.loads(resp.read())
+    except (urllib.error.URLError, OSError) as exc:
+        raise ModelfleetError(f"no agent answers on {url}: {getattr(exc, 'reason', exc)}") from None
+    if args.json:
+        print(json.dumps(state, indent=2))
+        return 0
+    print(f"device {state['device_id']} (fleet {state['fleet']}), agent {state['device']['agent_version']}")
+    for name, d in sorted(state["deployments"].items()):
+        print(
+            f"  deployment {name} v{d['version']}: {d['outcome']}"
+            + (f" ({d['reason']})" if d.get("reason") else "")
+        )
+    for name, m in sorted(state["modules"].items()):
+        line = (
+            f"  module {name}: {m['status']}, health {m['health']}, port {m.get('port')}, "
+            f"restarts {m['restart_count']}"
+        )
+        if m.get("version"):
+            line += f", version {m['version']}"
+        if m.get("last_error"):
+            line += f", last error: {m['last_error']}"
+        print(line)
+    for r in state.get("refused", [])[:5]:
+        print(f"  refused {r.get('deployment') or r['topic']}: {r['reason']}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv[1:] if argv and argv[0] == "agent" else argv)
+    try:
+        return _run(args) if args.action == "run" else _status(args)
+    except ModelfleetError as exc:
+        print(f"modelfleet: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130

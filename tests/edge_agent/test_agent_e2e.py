@@ -1,0 +1,167 @@
+"""The agent end to end against real Mosquitto and Distribution, with real module processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from edge_agent._agent import Agent
+from modules.device_state import ReportedState
+from publisher import Module
+from tests._services import Service, free_port
+from tests.edge_agent._fleet import (
+    EXAMPLES,
+    SAMPLE,
+    SCRIPTS,
+    Publisher,
+    agent_config,
+    read_retained,
+    running_with,
+    wait_for,
+)
+
+SCORE_V1 = EXAMPLES / "iris-service" / "score.py"
+
+
+@pytest.fixture
+def fleet_name(request: pytest.FixtureRequest) -> str:
+    return "t" + str(abs(hash(request.node.name)) % 10**8)
+
+
+@pytest.fixture
+def publisher(tmp_path: Path, distribution: Service, mosquitto: Service, fleet_name: str) -> Publisher:
+    return Publisher(tmp_path / "publisher", distribution.url, mosquitto.port, fleet_name)
+
+
+@pytest.fixture
+async def agent(
+    tmp_path: Path, distribution: Service, mosquitto: Service, publisher: Publisher, fleet_name: str
+) -> AsyncIterator[Agent]:
+    config = agent_config(
+        tmp_path / "agent", "dev-1", mosquitto.url, distribution.url, publisher.public_key, fleet_name,
+        tags={"site": "a"},
+    )  # fmt: skip
+    agent = Agent(config)
+    await agent.start()
+    try:
+        yield agent
+    finally:
+        await agent.stop()
+
+
+async def _score(port: int, session: aiohttp.ClientSession) -> dict:
+    async with session.post(f"http://127.0.0.1:{port}/score", data=json.dumps(SAMPLE)) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+
+async def test_signed_deployment_serves_predictions_and_reports_running_with_digest(
+    agent: Agent, publisher: Publisher, mosquitto: Service
+) -> None:
+    module = await publisher.package(SCORE_V1)
+    port = free_port()
+    await publisher.deploy(publisher.document("iris", 1, module, port, target="tags.site = 'a'"))
+    await wait_for(lambda: running_with(agent, module.digest), what="module running")
+    async with aiohttp.ClientSession() as session:
+        answer = await _score(port, session)
+    assert answer["predictions"] == ["setosa", "versicolor", "virginica"]
+
+    async def reported() -> ReportedState | None:
+        raw = await asyncio.to_thread(read_retained, mosquitto.port, publisher.topics.reported("dev-1"))
+        return ReportedState.model_validate_json(raw) if raw else None
+
+    for _ in range(50):
+        state = await reported()
+        if state and state.modules.get("scorer") and state.modules["scorer"].status == "running":
+            break
+        await asyncio.sleep(0.1)
+    assert state is not None
+    scorer = state.modules["scorer"]
+    assert (scorer.status, scorer.digest, scorer.version, scorer.port) == ("running", module.digest, 1, port)
+    assert state.deployments["iris"].outcome == "applied"
+
+
+async def test_update_under_steady_load_has_zero_failed_requests(agent: Agent, publisher: Publisher) -> None:
+    v1 = await publisher.package(SCORE_V1)
+    port = free_port()
+    await publisher.deploy(publisher.document("iris", 1, v1, port))
+    await wait_for(lambda: running_with(agent, v1.digest), what="v1 running")
+    v2 = await publisher.package(SCRIPTS / "score_v2.py")
+
+    results: list[int | str] = []
+    versions: list[int | None] = []
+    stop = asyncio.Event()
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        while not stop.is_set():
+            try:
+                async with session.post(f"http://127.0.0.1:{port}/score", data=json.dumps(SAMPLE)) as resp:
+                    results.append(resp.status)
+                    if resp.status == 200:
+                        versions.append((await resp.json()).get("version"))
+            except aiohttp.ClientError as exc:
+                results.append(type(exc).__name__)
+
+    async with aiohttp.ClientSession() as session:
+        clients = [asyncio.create_task(client(session)) for _ in range(4)]
+        await asyncio.sleep(0.5)
+        await publisher.deploy(publisher.document("iris", 2, v2, port))
+        await wait_for(lambda: running_with(agent, v2.digest), what="v2 running")
+        await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.gather(*clients)
+    failures = [r for r in results if r != 200]
+    assert failures == [], f"{len(failures)} of {len(results)} requests failed: {failures[:5]}"
+    assert versions[0] is None and versions[-1] == 2  # served by v1, then by v2
+    assert len(results) > 50
+
+
+async def test_init_crash_keeps_previous_version_and_reports_failed_with_reason(
+    agent: Agent, publisher: Publisher
+) -> None:
+    good = await publisher.package(SCORE_V1)
+    port = free_port()
+    await publisher.deploy(publisher.document("iris", 1, good, port))
+    await wait_for(lambda: running_with(agent, good.digest), what="v1 running")
+    pid = agent.modules["scorer"].pid
+    bad = await publisher.package(SCRIPTS / "failing_init.py")
+    await publisher.deploy(publisher.document("iris", 2, bad, port))
+    state = await wait_for(
+        lambda: (
+            agent.deployments.get("iris")
+            if agent.deployments.get("iris", None) and agent.deployments["iris"].version == 2
+            else None
+        ),
+        what="deployment v2 outcome",
+    )
+    assert state.outcome == "failed"
+    assert "model file is corrupt: cannot load weights" in (state.reason or "")
+    scorer = agent.modules["scorer"]
+    assert (scorer.status, scorer.digest, scorer.pid) == ("running", good.digest, pid)
+    assert "cannot load weights" in (scorer.last_error or "")
+    async with aiohttp.ClientSession() as session:
+        assert (await _score(port, session))["predictions"][0] == "setosa"
+    reported = agent.reported_state()
+    assert reported.deployments["iris"].outcome == "failed"
+
+
+async def test_restart_policy_backoff_is_observable(agent: Agent, publisher: Publisher) -> None:
+    crashy: Module = await publisher.package(SCRIPTS / "crash_after_start.py")
+    await publisher.deploy(publisher.document("crashy", 1, crashy, free_port(), restart_policy="on-failure"))
+    seen: set[str] = set()
+
+    def restarted_twice() -> bool:
+        state = agent.modules.get("scorer")
+        if state is None:
+            return False
+        seen.add(state.status)
+        return state.restart_count >= 2
+
+    await wait_for(restarted_twice, what="two restarts")
+    assert "backoff" in seen
+    assert agent.modules["scorer"].exit_code in (3, None)
