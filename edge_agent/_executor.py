@@ -281,6 +281,9 @@ class Executor:
                 record.pid,
             )
         else:
+            if not await self.store.verify_module(record.digest):
+                log.warning("module %s: stored files are damaged; it will be fetched again", record.module)
+                return None
             config = self._instance_config(
                 desired, stored, f"{record.module}-{record.digest[7:15]}-r{next(self._serial)}", free_port()
             )

@@ -165,3 +165,98 @@ async def test_restart_policy_backoff_is_observable(agent: Agent, publisher: Pub
     await wait_for(restarted_twice, what="two restarts")
     assert "backoff" in seen
     assert agent.modules["scorer"].exit_code in (3, None)
+
+
+async def test_unsigned_wrongly_signed_replayed_and_malformed_documents_are_refused_and_module_untouched(
+    agent: Agent, publisher: Publisher, tmp_path: Path
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from modules.deployment import sign_document
+
+    module = await publisher.package(SCORE_V1)
+    port = free_port()
+    await publisher.deploy(publisher.document("iris", 3, module, port))
+    await wait_for(lambda: running_with(agent, module.digest), what="module running")
+    pid = agent.modules["scorer"].pid
+    other = await publisher.package(SCRIPTS / "score_v2.py")
+
+    unsigned = json.dumps(publisher.document("iris", 4, other, port).to_json_dict()).encode()
+    stranger = Ed25519PrivateKey.generate()
+    wrongly_signed = json.dumps(
+        sign_document(publisher.document("iris", 5, other, port), stranger).to_json_dict()
+    ).encode()
+    tampered = publisher.signed(publisher.document("iris", 6, module, port)).replace(
+        module.digest.encode(), other.digest.encode()
+    )
+    replayed = publisher.signed(publisher.document("iris", 2, other, port))
+    malformed = b'{"fleet": "x", "name": '
+    cases = [
+        (unsigned, "not signed"),
+        (wrongly_signed, "not trusted"),
+        (tampered, "signature"),
+        (replayed, "replayed"),
+        (malformed, "malformed"),
+    ]
+    for payload, reason in cases:
+        await publisher.publish_raw("iris", payload)
+        await wait_for(
+            lambda reason=reason: agent.refused and reason in agent.refused[0].reason,
+            what=f"refusal: {reason}",
+        )
+    reported = agent.reported_state()
+    assert [r.reason for r in reported.refused][: len(cases)]
+    assert all(any(reason in r.reason for r in reported.refused) for _, reason in cases)
+    scorer = agent.modules["scorer"]
+    assert (scorer.status, scorer.digest, scorer.pid) == ("running", module.digest, pid)
+    assert agent.persisted.last_versions["iris"] == 3
+    async with aiohttp.ClientSession() as session:
+        assert "version" not in await _score(port, session)
+
+
+async def test_corrupted_blob_on_disk_is_detected_and_fetched_again(
+    agent: Agent, publisher: Publisher
+) -> None:
+    module = await publisher.package(SCORE_V1)
+    port = free_port()
+    await publisher.deploy(publisher.document("iris", 1, module, port))
+    await wait_for(lambda: running_with(agent, module.digest), what="module running")
+    model_digest = publisher.model.files[0].digest
+    blob = agent.store.blob_path(model_digest)
+    original = blob.read_bytes()
+    blob.chmod(0o644)
+    blob.write_bytes(b"\x00" * 64 + original[64:])
+    # a new document for the same module (only the environment changes) makes the agent re-check it
+    await publisher.deploy(publisher.document("iris", 2, module, port, env={"LOG_LEVEL": {"value": "debug"}}))
+    await wait_for(
+        lambda: agent.deployments.get("iris") and agent.deployments["iris"].version == 2, what="v2"
+    )
+    await wait_for(lambda: running_with(agent, module.digest), what="module running again")
+    assert agent.deployments["iris"].outcome == "applied"
+    assert agent.store.blob_path(model_digest).read_bytes() == original
+    async with aiohttp.ClientSession() as session:
+        assert (await _score(port, session))["predictions"][1] == "versicolor"
+
+
+async def test_not_enough_disk_is_reported_and_old_version_keeps_serving(
+    agent: Agent, publisher: Publisher
+) -> None:
+    v1 = await publisher.package(SCORE_V1)
+    port = free_port()
+    await publisher.deploy(publisher.document("iris", 1, v1, port))
+    await wait_for(lambda: running_with(agent, v1.digest), what="v1 running")
+    agent.store.reserve_bytes = 1 << 60  # no disk can leave this much free
+    v2 = await publisher.package(SCRIPTS / "score_v2.py")
+    await publisher.deploy(publisher.document("iris", 2, v2, port))
+    state = await wait_for(
+        lambda: (
+            agent.deployments.get("iris")
+            if agent.deployments.get("iris") and agent.deployments["iris"].version == 2
+            else None
+        ),
+        what="v2 outcome",
+    )
+    assert state.outcome == "failed" and "disk" in (state.reason or "").lower(), state.reason
+    assert running_with(agent, v1.digest)
+    async with aiohttp.ClientSession() as session:
+        assert "version" not in await _score(port, session)
