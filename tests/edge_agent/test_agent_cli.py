@@ -1,0 +1,100 @@
+"""Operating the agent: settings precedence, `agent status`, and one-line errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge_agent._agent import Agent
+from edge_agent._config import load_agent_config
+from edge_agent.cli import main
+from modules import ConfigError
+from tests._services import Service, free_port
+from tests.edge_agent._fleet import agent_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_flags_beat_environment_beat_file(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        '[agent]\ndevice_id = "from-file"\nfleet = "plant"\nhub = "mqtt://10.0.0.1:1883"\n'
+        'tags = { site = "a", line = 3 }\n'
+    )
+    c = load_agent_config(config, {}, environ={})
+    assert (c.device_id, c.fleet, c.tags) == ("from-file", "plant", {"site": "a", "line": 3})
+    c = load_agent_config(
+        config, {}, environ={"MODELFLEET_DEVICE_ID": "from-env", "MODELFLEET_HUB": "mqtt://h:1"}
+    )
+    assert (c.device_id, c.hub) == ("from-env", "mqtt://h:1")
+    c = load_agent_config(
+        config,
+        {"device_id": "from-flag", "tags": {"gpu": True}, "port_base": 100},
+        environ={"MODELFLEET_DEVICE_ID": "e"},
+    )
+    assert (c.device_id, c.tags, c.module_port(5001)) == (
+        "from-flag",
+        {"site": "a", "line": 3, "gpu": True},
+        5101,
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "overrides", "message"),
+    [
+        ("", {}, "no device id"),
+        ('device_id = "bad id with spaces"', {}, "device_id"),
+        ('device_id = "ok"\nport_base = -1', {}, "port_base"),
+        ('device_id = "ok"\nunknown = 1', {}, "unknown"),
+        ("device_id = ", {}, "not valid TOML"),
+    ],
+)
+def test_bad_settings_are_one_clear_error(
+    tmp_path: Path, content: str, overrides: dict, message: str
+) -> None:
+    (tmp_path / "agent.toml").write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        load_agent_config(tmp_path / "agent.toml", overrides, environ={})
+
+
+def test_agent_run_with_unreadable_trust_file_is_a_one_line_error(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELFLEET_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "modules.cli", "agent", "run", "--device-id", "d1",
+         "--trust", str(tmp_path / "none.pem"), "--data-dir", str(tmp_path / "data"), "--status-port", "0"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("modelfleet: error: cannot read trusted key")
+    assert "Traceback" not in proc.stderr
+
+
+async def test_agent_status_reads_the_local_endpoint(
+    tmp_path: Path, mosquitto: Service, distribution: Service, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trust = tmp_path / "pub.pem"
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from modules.signing import public_key_pem
+
+    trust.write_text(public_key_pem(Ed25519PrivateKey.generate()))
+    port = free_port()
+    config = agent_config(tmp_path / "a", "dev-s", mosquitto.url, distribution.url, trust, "statusfleet")
+    agent = Agent(config.model_copy(update={"status_port": port}))
+    await agent.start()
+    try:
+        code = await asyncio.to_thread(main, ["agent", "status", "--port", str(port), "--json"])
+        state = json.loads(capsys.readouterr().out)
+        assert code == 0 and state["device_id"] == "dev-s" and state["fleet"] == "statusfleet"
+        assert await asyncio.to_thread(main, ["agent", "status", "--port", str(port)]) == 0
+        assert "device dev-s (fleet statusfleet)" in capsys.readouterr().out
+    finally:
+        await agent.stop()
+    assert await asyncio.to_thread(main, ["agent", "status", "--port", str(port)]) == 1
+    assert "no agent answers" in capsys.readouterr().err
