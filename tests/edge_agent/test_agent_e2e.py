@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,7 +14,7 @@ import aiohttp
 import pytest
 
 from edge_agent._agent import Agent
-from modules.device_state import ReportedState
+from modules.device_state import MethodRequest, ReportedState
 from publisher import Module
 from tests._services import Service, free_port
 from tests.edge_agent._fleet import (
@@ -20,6 +23,7 @@ from tests.edge_agent._fleet import (
     SCRIPTS,
     Publisher,
     agent_config,
+    mqtt_client,
     read_retained,
     running_with,
     wait_for,
@@ -260,3 +264,59 @@ async def test_not_enough_disk_is_reported_and_old_version_keeps_serving(
     assert running_with(agent, v1.digest)
     async with aiohttp.ClientSession() as session:
         assert "version" not in await _score(port, session)
+
+
+def _call_method(port: int, topics, device: str, method: str, payload: dict) -> dict:  # type: ignore[no-untyped-def]
+
+    request_id = os.urandom(4).hex()
+    answer: list[bytes] = []
+    done = threading.Event()
+    client = mqtt_client(f"caller-{request_id}")
+
+    def on_message(_c, _u, msg):  # type: ignore[no-untyped-def]
+        answer.append(msg.payload)
+        done.set()
+
+    client.on_message = on_message
+    client.connect("127.0.0.1", port)
+    client.subscribe(topics.method_response(device, request_id), qos=1)
+    client.loop_start()
+    try:
+        time.sleep(0.2)
+        body = MethodRequest(payload=payload).model_dump_json().encode()
+        client.publish(topics.method_request(device, method, request_id), body, qos=1).wait_for_publish(5)
+        assert done.wait(30), f"no answer to {method}"
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return json.loads(answer[0])
+
+
+async def test_direct_methods_ping_state_logs_and_restart(
+    agent: Agent, publisher: Publisher, mosquitto: Service
+) -> None:
+    module = await publisher.package(SCORE_V1)
+    port = free_port()
+    await publisher.deploy(publisher.document("iris", 1, module, port))
+    await wait_for(lambda: running_with(agent, module.digest), what="module running")
+    pid = agent.modules["scorer"].pid
+
+    def call(method: str, payload: dict | None = None) -> dict:
+        return _call_method(mosquitto.port, publisher.topics, "dev-1", method, payload or {})
+
+    pong = await asyncio.to_thread(call, "ping")
+    assert pong["status"] == 200 and pong["payload"]["pong"] is True
+    state = await asyncio.to_thread(call, "getState")
+    assert state["payload"]["modules"]["scorer"]["digest"] == module.digest
+    logs = await asyncio.to_thread(call, "getLogs", {"module": "scorer", "tail": 50})
+    assert logs["status"] == 200 and any("init() completed" in line for line in logs["payload"]["lines"])
+    missing = await asyncio.to_thread(call, "getLogs", {"module": "nope"})
+    assert missing["status"] == 404
+    restarted = await asyncio.to_thread(call, "restartModule", {"module": "scorer"})
+    assert restarted["status"] == 200
+    await wait_for(
+        lambda: running_with(agent, module.digest) and agent.modules["scorer"].pid != pid, what="new pid"
+    )
+    assert (await asyncio.to_thread(call, "selfDestruct"))["status"] == 404
+    async with aiohttp.ClientSession() as session:
+        assert (await _score(port, session))["predictions"][2] == "virginica"
