@@ -39,6 +39,12 @@ from modules.device_state import (
     Refusal,
     ReportedState,
 )
+from modules.service_keys import (
+    ServiceKeys,
+    device_public_key,
+    load_or_create_device_key,
+    open_keys,
+)
 from modules.signing import load_public_key
 from modules.topics import FleetTopics
 
@@ -60,7 +66,11 @@ class Agent:
         self.intake = Intake(self.topics, self.device_id, self._trusted_keys())
         self.store = ArtifactStore(data / "store", reserve_bytes=config.reserve_bytes)
         self.runtime = ProcessRuntime(data / "runtime")
-        self.executor = Executor(config, self.store, self.runtime, self._on_module_state)
+        self.executor = Executor(config, self.store, self.runtime, self._on_module_state, self._keys_for)
+        self.device_key = load_or_create_device_key(data / "device-x25519.pem")
+        self.keys: dict[
+            str, tuple[int, ServiceKeys]
+        ] = {}  # deployment -> (version, opened keys), memory only
         self.modules: dict[str, ModuleState] = {}
         self.deployments: dict[str, DeploymentState] = {}
         self.refused: deque[Refusal] = deque(maxlen=20)
@@ -107,6 +117,8 @@ class Agent:
     async def start(self) -> None:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         self.persisted = self.state_file.load()
+        for name, wire in list(self.persisted.sealed_keys.items()):
+            self._open_keys(name, wire)
         for name, reason in self.persisted.failed_reasons.items():
             self.modules.setdefault(name, ModuleState(name=name, status="failed", last_error=reason))
         for record in list(self.persisted.modules.values()):
@@ -124,6 +136,7 @@ class Agent:
             self.topics.all_deployments,
             self.topics.desired(self.device_id),
             self.topics.method_requests(self.device_id),
+            self.topics.all_keys(self.device_id),
         ):
             self.transport.subscribe(topic)
         self.transport.on_connect(self._on_connect)
@@ -207,6 +220,9 @@ class Agent:
         if parsed is not None and parsed[0] == self.device_id and parsed[1].startswith("methods/req/"):
             await self._on_method(message, parsed[1])
             return
+        if parsed is not None and parsed[0] == self.device_id and parsed[1].startswith("keys/"):
+            self._on_keys(message, parsed[1][len("keys/") :])
+            return
         slot, verdict = self.intake.evaluate(
             message.topic, message.payload, self.persisted.documents, self.persisted.last_versions
         )
@@ -238,6 +254,55 @@ class Agent:
             log.info("accepted %s version %d (key %s)", slot, verdict.document.version, verdict.key_id)
         self._save()
         self._reconcile_wanted.set()
+
+    def _open_keys(self, name: str, wire: dict[str, Any]) -> str | None:
+        """Open a sealed keys document into memory; the reason when it cannot be used."""
+        try:
+            doc, keys = open_keys(
+                wire, self.device_key, self.intake.trusted, fleet=self.config.fleet, device=self.device_id
+            )
+        except ModelfleetError as exc:
+            return str(exc)
+        if doc.name != name:
+            return f"keys for {doc.name!r} were published on the topic of {name!r}"
+        self.keys[name] = (doc.version, keys)
+        return None
+
+    def _on_keys(self, message: Message, name: str) -> None:
+        if not message.payload:
+            if self.persisted.sealed_keys.pop(name, None) is not None:
+                self.keys.pop(name, None)
+                self._save()
+                self._reconcile_wanted.set()
+            return
+        previous = self.keys.get(name)
+        try:
+            wire = json.loads(message.payload)
+            if not isinstance(wire, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            reason: str | None = f"malformed keys document: {exc}"
+        else:
+            version = wire.get("version")
+            if previous is not None and isinstance(version, int) and version <= previous[0]:
+                if self.persisted.sealed_keys.get(name) == wire:
+                    return
+                reason = f"replayed keys document: version {version} is not above {previous[0]}"
+            else:
+                reason = self._open_keys(name, wire)
+        if reason is not None:
+            log.warning("refused keys for %s: %s", name, reason)
+            self.refused.appendleft(Refusal(topic=message.topic, deployment=name, reason=reason, at=_now()))
+            self._report_wanted.set()
+            return
+        self.persisted.sealed_keys[name] = wire  # stored sealed: the plaintext exists only in memory
+        self._save()
+        log.info("scoring keys for %s updated (version %d)", name, self.keys[name][0])
+        self._reconcile_wanted.set()
+
+    def _keys_for(self, deployment: str | None) -> ServiceKeys | None:
+        entry = self.keys.get(deployment) if deployment else None
+        return entry[1] if entry else None
 
     # -- decide + act -------------------------------------------------------------------------
 
@@ -271,13 +336,27 @@ class Agent:
             doc = docs[(ref.name, ref.version)][0]
             for module_name in doc.content.modules:
                 owners[module_name] = ref.name
-        desired, unsupported = desired_modules(selection.manifest, owners)
+        keys_versions = {name: version for name, (version, _) in self.keys.items()}
+        desired, unsupported = desired_modules(selection.manifest, owners, keys_versions)
         actual = {
             name: ActualModule(name, rec.fingerprint, rec.digest, rec.startup_order)
             for name, rec in self.persisted.modules.items()
         }
         failures: dict[str, str] = {u.name: u.reason for u in unsupported}
-        for command in plan(desired, actual, self.persisted.failed):
+        # A module that must check keys never serves before its keys arrived (nor is it stopped
+        # meanwhile if an older version runs): it waits, reported as pending.
+        waiting = {n for n, d in desired.items() if d.auth_required and d.keys_version is None}
+        for name in waiting:
+            if name not in self.persisted.modules:
+                self.modules[name] = ModuleState(
+                    name=name,
+                    deployment=desired[name].deployment,
+                    status="pending",
+                    last_error="waiting for scoring keys",
+                )
+        ready = {n: d for n, d in desired.items() if n not in waiting}
+        current = {n: a for n, a in actual.items() if n not in waiting}
+        for command in plan(ready, current, self.persisted.failed):
             name = command.actual.name if isinstance(command, Remove) else command.desired.name
             try:
                 if isinstance(command, Remove):
@@ -383,7 +462,7 @@ class Agent:
             seq=self.seq,
             at=_now(),
             tags=self.config.tags,
-            device=device_info(self.config.data_dir, self.providers),
+            device=device_info(self.config.data_dir, self.providers, device_public_key(self.device_key)),
             deployments=dict(self.deployments),
             modules=dict(self.modules),
             refused=list(self.refused),

@@ -48,7 +48,7 @@ def _meminfo() -> tuple[int | None, int | None]:
     return values.get("MemTotal"), values.get("MemAvailable")
 
 
-def device_info(data_dir: Path, providers: list[str]) -> DeviceInfo:
+def device_info(data_dir: Path, providers: list[str], public_key: str | None = None) -> DeviceInfo:
     total, available = _meminfo()
     try:
         free = shutil.disk_usage(data_dir).free
@@ -59,6 +59,7 @@ def device_info(data_dir: Path, providers: list[str]) -> DeviceInfo:
         platform=f"{platform.system()} {platform.release()} {platform.machine()}",
         python=platform.python_version(),
         execution_providers=providers,
+        public_key=public_key,
         disk_free_bytes=free,
         memory_total_bytes=total,
         memory_available_bytes=available,

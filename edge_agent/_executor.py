@@ -22,6 +22,7 @@ from edge_agent._store import ArtifactStore, StoredModule
 from modules._errors import ModelfleetError
 from modules.device_state import ModuleState
 from modules.oci import RegistryClient, RegistryCredentials
+from modules.service_keys import ServiceKeys
 from modules.spec import HealthProbe
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,10 @@ class Executor:
         store: ArtifactStore,
         runtime: ProcessRuntime,
         on_state: Callable[[str, ModuleState], None],
+        keys_for: Callable[[str | None], ServiceKeys | None] = lambda _deployment: None,
     ) -> None:
         self.config = config
+        self.keys_for = keys_for
         self.store = store
         self.runtime = runtime
         self.on_state = on_state
@@ -82,6 +85,7 @@ class Executor:
     def _instance_config(
         self, desired: DesiredModule, stored: StoredModule, instance_id: str, port: int
     ) -> InstanceConfig:
+        keys = self.keys_for(desired.deployment) if desired.keys_version is not None else None
         return InstanceConfig(
             instance_id=instance_id,
             module=desired.name,
@@ -92,6 +96,8 @@ class Executor:
             port=port,
             env=dict(desired.env),
             execution_providers=list(desired.execution_providers) if desired.execution_providers else None,
+            primary_key=keys.primary if keys else None,
+            secondary_key=keys.secondary if keys else None,
         )
 
     def _supervisor(
@@ -179,6 +185,7 @@ class Executor:
             env=dict(desired.env),
             execution_providers=list(desired.execution_providers) if desired.execution_providers else None,
             health_probe=dict(desired.health_probe) if desired.health_probe else None,
+            keys_version=desired.keys_version,
         )
 
     async def _bring_up(self, desired: DesiredModule) -> tuple[Supervisor, InstanceConfig, int | None]:
@@ -267,6 +274,7 @@ class Executor:
             env=record.env,
             execution_providers=tuple(record.execution_providers) if record.execution_providers else None,
             health_probe=record.health_probe,
+            keys_version=record.keys_version,
         )
         config = self._instance_config(desired, stored, record.instance_id, record.internal_port)
         python = await self.runtime.ensure_env(stored.spec.requirements)

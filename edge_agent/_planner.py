@@ -29,6 +29,8 @@ class DesiredModule:
     env: Mapping[str, str] = field(default_factory=dict)
     execution_providers: tuple[str, ...] | None = None
     health_probe: Mapping[str, Any] | None = None
+    keys_version: int | None = None
+    auth_required: bool = False
 
     @property
     def fingerprint(self) -> str:
@@ -41,6 +43,7 @@ class DesiredModule:
             "env": dict(sorted(self.env.items())),
             "execution_providers": list(self.execution_providers or []),
             "health_probe": self.health_probe,
+            "keys_version": self.keys_version,
         }
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -79,7 +82,9 @@ class Unsupported:
 
 
 def desired_modules(
-    manifest: Manifest | None, owners: Mapping[str, str] | None = None
+    manifest: Manifest | None,
+    owners: Mapping[str, str] | None = None,
+    keys_versions: Mapping[str, int] | None = None,
 ) -> tuple[dict[str, DesiredModule], list[Unsupported]]:
     """The modules this agent runs from an effective manifest; others are reported, not run."""
     if manifest is None:
@@ -91,9 +96,10 @@ def desired_modules(
             unsupported.append(Unsupported(name, f"module type {module.type!r} needs the docker runtime"))
             continue
         s = module.settings
+        deployment = (owners or {}).get(name)
         out[name] = DesiredModule(
             name=name,
-            deployment=(owners or {}).get(name),
+            deployment=deployment,
             repository=s.module,
             digest=s.digest,
             port=s.port,
@@ -103,6 +109,8 @@ def desired_modules(
             env={k: str(v.value) for k, v in (module.env or {}).items()},
             execution_providers=tuple(s.execution_providers) if s.execution_providers else None,
             health_probe=s.health_probe.model_dump() if s.health_probe else None,
+            keys_version=(keys_versions or {}).get(deployment) if deployment else None,
+            auth_required=bool((s.model_extra or {}).get("auth", False)),
         )
     return out, unsupported
 

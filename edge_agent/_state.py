@@ -32,6 +32,7 @@ class InstanceRecord(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     execution_providers: list[str] | None = None
     health_probe: dict[str, Any] | None = None
+    keys_version: int | None = None
 
 
 class PersistedState(BaseModel):
@@ -46,6 +47,8 @@ class PersistedState(BaseModel):
     # module name -> fingerprint that failed to start (not retried until the desired state changes)
     failed: dict[str, str] = Field(default_factory=dict)
     failed_reasons: dict[str, str] = Field(default_factory=dict)
+    # deployment name -> the sealed (still encrypted) keys document as received
+    sealed_keys: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 class StateFile:

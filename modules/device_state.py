@@ -59,6 +59,7 @@ class DeviceInfo(BaseModel):
     platform: str
     python: str
     execution_providers: list[str] = Field(default_factory=list)
+    public_key: str | None = Field(None, description="X25519 key (base64) that scoring keys are sealed to")
     disk_free_bytes: int | None = None
     memory_total_bytes: int | None = None
     memory_available_bytes: int | None = None

@@ -6,6 +6,7 @@ Layout, under one prefix per fleet (`modelfleet/<fleet>/`):
     devices/<id>/desired                       retained  signed per-device override document
     devices/<id>/reported                      retained  ReportedState
     devices/<id>/status                        retained  Presence (also the last-will message)
+    devices/<id>/keys/<deployment>             retained  scoring keys sealed to the device (signed)
     devices/<id>/telemetry                                Telemetry
     devices/<id>/methods/req/<method>/<rid>               MethodRequest
     devices/<id>/methods/res/<rid>                        MethodResponse
@@ -49,6 +50,12 @@ class FleetTopics:
 
     def status(self, device_id: str) -> str:
         return f"{self.device(device_id)}/status"
+
+    def keys(self, device_id: str, deployment: str) -> str:
+        return f"{self.device(device_id)}/keys/{deployment}"
+
+    def all_keys(self, device_id: str) -> str:
+        return f"{self.device(device_id)}/keys/+"
 
     def telemetry(self, device_id: str) -> str:
         return f"{self.device(device_id)}/telemetry"

@@ -1,0 +1,196 @@
+"""Scoring keys for a deployment, sealed to each device, so no retained message holds one in clear.
+
+Every agent has an X25519 key pair (created on first start, the public half in its reported
+state). The publisher seals the deployment's primary/secondary keys to each device with an
+ephemeral X25519 exchange, HKDF-SHA256 and ChaCha20-Poly1305, binds the ciphertext to
+fleet/deployment/device/version as associated data (so it cannot be replayed onto another device
+or deployment), and signs the envelope with the workspace's Ed25519 key like a deployment.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
+
+from modules._errors import ConfigError, ModelfleetError
+from modules.deployment import Signature, signing_payload, verify_document
+from modules.signing import public_key_id
+
+ALG = "x25519-hkdf-sha256-chacha20poly1305"
+
+
+class SealedKeysError(ModelfleetError):
+    """A keys document that cannot be opened by this device (wrong device, tampered, malformed)."""
+
+
+class SealedBox(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    alg: Literal["x25519-hkdf-sha256-chacha20poly1305"] = ALG
+    ephemeral: str
+    nonce: str
+    ciphertext: str
+
+
+class ServiceKeysDocument(BaseModel):
+    """Wire form on `devices/<id>/keys/<deployment>` (retained)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    fleet: str
+    name: str = Field(description="The deployment the keys open")
+    device: str
+    version: int = Field(ge=1)
+    sealed: SealedBox
+    created_at: AwareDatetime = Field(alias="createdAt")
+    signature: Signature | None = None
+
+
+class ServiceKeys(BaseModel):
+    primary: SecretStr
+    secondary: SecretStr
+
+    @classmethod
+    def generate(cls) -> ServiceKeys:
+        return cls(primary=_random_key(), secondary=_random_key())
+
+
+def _random_key() -> SecretStr:
+    return SecretStr(base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("="))
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text, validate=True)
+
+
+# -- device key pair --------------------------------------------------------------------------
+
+
+def load_or_create_device_key(path: Path) -> X25519PrivateKey:
+    """The device's sealing key; created once with owner-only permissions and never replaced."""
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except FileNotFoundError:
+        key = X25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        return key
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"device key {path} is unreadable: {exc}") from None
+    if not isinstance(key, X25519PrivateKey):
+        raise ConfigError(f"device key {path} is not an X25519 key")
+    return key
+
+
+def device_public_key(key: X25519PrivateKey) -> str:
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return _b64(raw)
+
+
+# -- seal / open ------------------------------------------------------------------------------
+
+
+def _context(fleet: str, name: str, device: str, version: int) -> bytes:
+    return f"modelfleet-keys-v1/{fleet}/{name}/{device}/{version}".encode()
+
+
+def _cipher(shared: bytes, context: bytes) -> ChaCha20Poly1305:
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=context).derive(shared)
+    return ChaCha20Poly1305(key)
+
+
+def seal_keys(
+    keys: ServiceKeys,
+    device_public: str,
+    *,
+    fleet: str,
+    name: str,
+    device: str,
+    version: int,
+    signing_key: Ed25519PrivateKey,
+) -> dict[str, Any]:
+    """The signed wire mapping for one device."""
+    try:
+        recipient = X25519PublicKey.from_public_bytes(_unb64(device_public))
+    except ValueError as exc:
+        raise SealedKeysError(f"device {device} reported an invalid public key: {exc}") from None
+    ephemeral = X25519PrivateKey.generate()
+    context = _context(fleet, name, device, version)
+    nonce = os.urandom(12)
+    plaintext = json.dumps(
+        {"primary": keys.primary.get_secret_value(), "secondary": keys.secondary.get_secret_value()}
+    ).encode()
+    ciphertext = _cipher(ephemeral.exchange(recipient), context).encrypt(nonce, plaintext, context)
+    doc = ServiceKeysDocument(
+        fleet=fleet,
+        name=name,
+        device=device,
+        version=version,
+        sealed=SealedBox(
+            ephemeral=_b64(
+                ephemeral.public_key().public_bytes(
+                    serialization.Encoding.Raw, serialization.PublicFormat.Raw
+                )
+            ),
+            nonce=_b64(nonce),
+            ciphertext=_b64(ciphertext),
+        ),
+        created_at=datetime.now(UTC).replace(microsecond=0),
+    )
+    wire = doc.model_dump(by_alias=True, exclude_none=True, mode="json")
+    value = _b64(signing_key.sign(signing_payload(wire)))
+    wire["signature"] = Signature(key_id=public_key_id(signing_key), alg="ed25519", value=value).model_dump(
+        by_alias=True, mode="json"
+    )
+    return wire
+
+
+def open_keys(
+    wire: Mapping[str, Any],
+    device_key: X25519PrivateKey,
+    trusted: Iterable[Ed25519PublicKey],
+    *,
+    fleet: str,
+    device: str,
+) -> tuple[ServiceKeysDocument, ServiceKeys]:
+    """Verify the publisher's signature, then decrypt; any failure is a `SealedKeysError`/trust error."""
+    verify_document(wire, list(trusted))
+    try:
+        doc = ServiceKeysDocument.model_validate(wire)
+    except ValueError as exc:
+        raise SealedKeysError(f"malformed keys document: {str(exc).splitlines()[0]}") from None
+    if doc.fleet != fleet or doc.device != device:
+        raise SealedKeysError(f"keys document is for {doc.fleet}/{doc.device}, not {fleet}/{device}")
+    context = _context(doc.fleet, doc.name, doc.device, doc.version)
+    try:
+        ephemeral = X25519PublicKey.from_public_bytes(_unb64(doc.sealed.ephemeral))
+        plaintext = _cipher(device_key.exchange(ephemeral), context).decrypt(
+            _unb64(doc.sealed.nonce), _unb64(doc.sealed.ciphertext), context
+        )
+        return doc, ServiceKeys.model_validate_json(plaintext)
+    except (InvalidTag, ValueError) as exc:
+        raise SealedKeysError(
+            f"keys for {doc.name} cannot be opened by this device ({type(exc).__name__})"
+        ) from None

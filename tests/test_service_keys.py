@@ -1,0 +1,70 @@
+"""Sealed scoring keys: only the addressed device opens them, and only from a trusted publisher."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from modules.deployment import BadSignatureError, UntrustedKeyError
+from modules.service_keys import (
+    SealedKeysError,
+    ServiceKeys,
+    device_public_key,
+    load_or_create_device_key,
+    open_keys,
+    seal_keys,
+)
+
+PUBLISHER = Ed25519PrivateKey.generate()
+DEVICE = X25519PrivateKey.generate()
+
+
+def _sealed(keys: ServiceKeys, device: str = "d1", version: int = 1, to: X25519PrivateKey = DEVICE) -> dict:
+    return seal_keys(
+        keys,
+        device_public_key(to),
+        fleet="f",
+        name="iris",
+        device=device,
+        version=version,
+        signing_key=PUBLISHER,
+    )
+
+
+def test_device_opens_its_keys_and_the_wire_form_holds_no_key_in_clear() -> None:
+    keys = ServiceKeys.generate()
+    wire = _sealed(keys)
+    text = json.dumps(wire)
+    assert keys.primary.get_secret_value() not in text and keys.secondary.get_secret_value() not in text
+    doc, opened = open_keys(wire, DEVICE, [PUBLISHER.public_key()], fleet="f", device="d1")
+    assert (doc.name, doc.version) == ("iris", 1)
+    assert opened.primary.get_secret_value() == keys.primary.get_secret_value()
+
+
+def test_another_device_cannot_open_them() -> None:
+    wire = _sealed(ServiceKeys.generate())
+    with pytest.raises(SealedKeysError, match="cannot be opened"):
+        open_keys(wire, X25519PrivateKey.generate(), [PUBLISHER.public_key()], fleet="f", device="d1")
+    with pytest.raises(SealedKeysError, match="not f/d2"):
+        open_keys(wire, DEVICE, [PUBLISHER.public_key()], fleet="f", device="d2")
+
+
+def test_tampered_or_untrusted_documents_are_refused() -> None:
+    wire = _sealed(ServiceKeys.generate())
+    moved = {**wire, "device": "d2"}
+    with pytest.raises(BadSignatureError):
+        open_keys(moved, DEVICE, [PUBLISHER.public_key()], fleet="f", device="d2")
+    with pytest.raises(UntrustedKeyError):
+        open_keys(wire, DEVICE, [Ed25519PrivateKey.generate().public_key()], fleet="f", device="d1")
+
+
+def test_device_key_is_created_once_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "k" / "device.pem"
+    first = load_or_create_device_key(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert device_public_key(load_or_create_device_key(path)) == device_public_key(first)
