@@ -4,8 +4,26 @@ The public Python API, named after Azure ML v1's where the ideas match.
 """
 
 from modules._errors import ModelfleetError
+from publisher._deploy import DeploymentExistsError, DeploymentSettings
+from publisher._hub import HubError, MethodTimeoutError
 from publisher._model import Model
 from publisher._module import Module
+from publisher._rollout import RolloutResult
+from publisher._service import DeploymentConfig, DeploymentFailedError, InferenceConfig, Service
 from publisher._workspace import Workspace
 
-__all__ = ["Model", "ModelfleetError", "Module", "Workspace"]
+__all__ = [
+    "DeploymentConfig",
+    "DeploymentExistsError",
+    "DeploymentFailedError",
+    "DeploymentSettings",
+    "HubError",
+    "InferenceConfig",
+    "MethodTimeoutError",
+    "Model",
+    "ModelfleetError",
+    "Module",
+    "RolloutResult",
+    "Service",
+    "Workspace",
+]

@@ -1,4 +1,4 @@
-"""`modelfleet init|key|model|module`: the publisher's commands.
+"""`modelfleet init|key|model|module|deploy|status|device`: the publisher's commands.
 
 Every failure the user can fix is a `ModelfleetError`, printed as one line with a non-zero exit;
 a traceback means a bug.
@@ -122,7 +122,64 @@ def build_parser() -> argparse.ArgumentParser:
     mshow = dsub.add_parser("show", parents=[common, as_json], help="show one module version")
     mshow.add_argument("ref", metavar="NAME[:VERSION]")
     dsub.add_parser("schema", help="print the module spec's JSON Schema")
+    _deploy_parsers(top, common, as_json)
     return parser
+
+
+def _deploy_parsers(
+    top: argparse._SubParsersAction,  # type: ignore[type-arg]
+    common: argparse.ArgumentParser,
+    as_json: argparse.ArgumentParser,
+) -> None:
+    settings = argparse.ArgumentParser(add_help=False)
+    s = settings.add_argument_group("deployment")
+    s.add_argument("--target", metavar="COND", help="target condition over device tags (default '*')")
+    s.add_argument("--priority", type=int, help="higher wins where deployments overlap (default 0)")
+    s.add_argument("--env", action="append", metavar="K=V", help="environment for every module")
+    s.add_argument("--restart-policy", choices=["never", "on-failure", "on-unhealthy", "always"])
+    s.add_argument("--port", type=int, help="scoring port of the first module; the next get +1 (5001)")
+    s.add_argument("--auth", action="store_true", default=None, help="require key auth (keys: see docs)")
+    s.add_argument("--rollout", metavar="STEPS", help="staged rollout, e.g. 10%%,50%%,100%%")
+    s.add_argument("--min-healthy", type=int, metavar="SECONDS", help="per rollout step (default 300)")
+    s.add_argument("--max-failure-ratio", type=float, help="failed share that aborts a step (0.05)")
+    s.add_argument("--device", metavar="ID", help="a per-device override for this device only")
+    s.add_argument("--wait", action="store_true", help="drive the rollout and wait for the result")
+    s.add_argument("--timeout", type=float, default=600.0, help="seconds a step may take with --wait")
+
+    deploy = top.add_parser("deploy", help="deployments")
+    sub = deploy.add_subparsers(dest="action", required=True)
+    create = sub.add_parser("create", parents=[common, settings, as_json], help="publish a new deployment")
+    create.add_argument("-n", "--name", required=True)
+    create.add_argument("--module", action="append", required=True, metavar="MODULE[:VERSION]")
+    create.add_argument("--version", type=int, default=1, help="first version (above any deleted one)")
+    update = sub.add_parser("update", parents=[common, settings, as_json], help="publish a new version")
+    update.add_argument("-n", "--name", required=True)
+    update.add_argument("--module", action="append", metavar="MODULE[:VERSION]")
+    sub.add_parser("list", parents=[common, as_json], help="list deployments")
+    show = sub.add_parser("show", parents=[common, as_json], help="show one deployment document")
+    show.add_argument("name")
+    show.add_argument("--device", metavar="ID", help="the device's override")
+    delete = sub.add_parser("delete", parents=[common], help="remove a deployment from every device")
+    delete.add_argument("name")
+    delete.add_argument("--device", metavar="ID", help="the device's override")
+
+    status = top.add_parser("status", parents=[common, as_json], help="fleet status")
+    status.add_argument("--deployment", metavar="NAME")
+
+    device = top.add_parser("device", help="devices and their direct methods")
+    dev = device.add_subparsers(dest="action", required=True)
+    dev.add_parser("list", parents=[common, as_json], help="list devices")
+    dshow = dev.add_parser("show", parents=[common, as_json], help="one device's reported state")
+    dshow.add_argument("device_id")
+    logs = dev.add_parser("logs", parents=[common, as_json], help="a module's log lines")
+    logs.add_argument("device_id")
+    logs.add_argument("module")
+    logs.add_argument("--tail", type=int, default=100)
+    restart = dev.add_parser("restart", parents=[common], help="restart a module")
+    restart.add_argument("device_id")
+    restart.add_argument("module")
+    ping = dev.add_parser("ping", parents=[common, as_json], help="check that a device answers")
+    ping.add_argument("device_id")
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -332,7 +389,33 @@ def _cmd_module(args: argparse.Namespace) -> int:
     raise AssertionError(args.action)
 
 
-_HANDLERS = {"init": _cmd_init, "key": _cmd_key, "model": _cmd_model, "module": _cmd_module}
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from publisher._deploy_cli import run_deploy
+
+    return run_deploy(_workspace(args), args)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from publisher._deploy_cli import run_status
+
+    return run_status(_workspace(args), args)
+
+
+def _cmd_device(args: argparse.Namespace) -> int:
+    from publisher._deploy_cli import run_device
+
+    return run_device(_workspace(args), args)
+
+
+_HANDLERS = {
+    "init": _cmd_init,
+    "key": _cmd_key,
+    "model": _cmd_model,
+    "module": _cmd_module,
+    "deploy": _cmd_deploy,
+    "status": _cmd_status,
+    "device": _cmd_device,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

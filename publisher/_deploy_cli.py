@@ -1,0 +1,219 @@
+"""The control-plane commands: `deploy`, `status`, `device`. Kept apart from cli.py so that the
+registry-only commands never import the MQTT transport."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from modules._errors import ConfigError, ModelfleetError
+from publisher import _deploy
+from publisher._deploy import DeploymentSettings
+from publisher._hub import Hub
+from publisher._rollout import ProgressDisplay, drive
+from publisher._status import STATUS_HEADERS, device_row, fleet_status, status_table
+from publisher._workspace import Workspace
+from publisher.cli import _key_values, _print_json, _table
+
+
+def _changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line; the ones left out are None (keep / default)."""
+    return {
+        "target": args.target,
+        "priority": args.priority,
+        "env": _key_values(args.env, "--env") if args.env else None,
+        "restart_policy": args.restart_policy,
+        "port": args.port,
+        "auth": args.auth,
+        "rollout": args.rollout,
+        "min_healthy_seconds": args.min_healthy,
+        "max_failure_ratio": args.max_failure_ratio,
+    }
+
+
+def _doc_json(doc: Any) -> dict[str, Any]:
+    return doc.to_json_dict()
+
+
+def run_deploy(ws: Workspace, args: argparse.Namespace) -> int:
+    return asyncio.run(_deploy_async(ws, args))
+
+
+async def _deploy_async(ws: Workspace, args: argparse.Namespace) -> int:
+    async with Hub(ws) as hub:
+        if args.action in ("create", "update"):
+            if args.action == "create":
+                given = {k: v for k, v in _changes(args).items() if v is not None}
+                settings = DeploymentSettings.model_validate({**given, "device": args.device})
+                doc = await _deploy.create(hub, ws, args.name, args.module, settings, version=args.version)
+                previous = None
+            else:
+                doc, previous = await _deploy.update(
+                    hub, ws, args.name, args.module, device=args.device, **_changes(args)
+                )
+            where = f" for device {doc.device}" if doc.device else ""
+            if not args.json:
+                print(f"published {doc.name} version {doc.version}{where}")
+            if not args.wait:
+                if args.json:
+                    _print_json(_doc_json(doc))
+                return 0
+            display = ProgressDisplay(sys.stderr)
+            result = await drive(
+                hub,
+                ws,
+                doc,
+                previous,
+                step_timeout_s=args.timeout,
+                display=display,
+                max_failure_ratio=args.max_failure_ratio or 0.0,
+            )
+            if args.json:
+                _print_json(
+                    {
+                        "ok": result.ok,
+                        "name": result.name,
+                        "version": result.version,
+                        "summary": result.summary,
+                        "counts": result.counts,
+                        "failed_devices": result.failed_devices,
+                    }
+                )
+            else:
+                print(result.summary)
+            return 0 if result.ok else 1
+        if args.action == "list":
+            docs = _deploy.documents(hub)
+            if args.json:
+                _print_json([_doc_json(d) for d in docs])
+            elif docs:
+                rows = [
+                    [
+                        d.name,
+                        str(d.version),
+                        d.device or "-",
+                        d.target_condition,
+                        str(d.priority),
+                        ",".join(f"{s}%" for s in d.rollout.steps[: d.rollout.current_step + 1])
+                        if d.rollout
+                        else "-",
+                        ",".join(f"{n}:{m.version}" for n, m in d.content.modules.items()),
+                    ]
+                    for d in docs
+                ]
+                print(_table(rows, ["name", "version", "device", "target", "priority", "rollout", "modules"]))
+            else:
+                print("no deployments")
+            return 0
+        if args.action == "show":
+            raw = _deploy.current(hub, args.name, args.device)
+            if raw is None:
+                raise ModelfleetError(f"deployment {args.name!r} does not exist")
+            print(json.dumps(raw, indent=2))
+            return 0
+        if args.action == "delete":
+            old = await _deploy.delete(hub, args.name, device=args.device)
+            print(f"deleted {args.name} (was version {old.get('version')}); devices remove its modules")
+            return 0
+    raise AssertionError(args.action)
+
+
+def run_status(ws: Workspace, args: argparse.Namespace) -> int:
+    return asyncio.run(_status_async(ws, args))
+
+
+async def _status_async(ws: Workspace, args: argparse.Namespace) -> int:
+    async with Hub(ws) as hub:
+        status = fleet_status(hub.snapshot, _deploy.documents(hub), args.deployment)
+    if args.json:
+        _print_json(status)
+        return 0
+    rows = status_table(status)
+    print(_table(rows, STATUS_HEADERS) if rows else "no devices")
+    for d in status["deployments"]:
+        where = f" (device {d['device']})" if d["device"] else ""
+        step = ""
+        if d["rollout"]:
+            steps, current = d["rollout"]["steps"], d["rollout"]["current_step"]
+            step = f", step {current + 1}/{len(steps)} ({steps[current]}%)"
+        print(
+            f"{d['name']} v{d['version']}{where}{step}: targeted {d['targeted']}, applied {d['applied']}, "
+            f"healthy {d['healthy']}, failed {d['failed']}, offline {d['offline']}"
+        )
+    return 0
+
+
+def run_device(ws: Workspace, args: argparse.Namespace) -> int:
+    return asyncio.run(_device_async(ws, args))
+
+
+async def _device_async(ws: Workspace, args: argparse.Namespace) -> int:
+    async with Hub(ws) as hub:
+        snap = hub.snapshot
+        if args.action == "list":
+            rows = [device_row(snap, i) for i in snap.device_ids]
+            if args.json:
+                _print_json(rows)
+            elif rows:
+                table = [
+                    [
+                        r["device_id"],
+                        "online" if r["online"] else "offline",
+                        (r["last_seen"] or "-")[:19],
+                        ",".join(f"{k}={v}" for k, v in sorted(r["tags"].items())) or "-",
+                        r["health"],
+                        ",".join(f"{n}:{d['version']}" for n, d in r["deployments"].items()) or "-",
+                    ]
+                    for r in rows
+                ]
+                print(_table(table, ["device", "presence", "last seen", "tags", "health", "deployments"]))
+            else:
+                print("no devices")
+            return 0
+        if args.device_id not in snap.device_ids:
+            raise ConfigError(f"no device {args.device_id!r} in fleet {ws.fleet!r}")
+        if args.action == "show":
+            _print_json(device_row(snap, args.device_id)) if args.json else _print_device(
+                snap, args.device_id
+            )
+            return 0
+        method, payload = {
+            "logs": ("getLogs", lambda: {"module": args.module, "tail": args.tail}),
+            "restart": ("restartModule", lambda: {"module": args.module}),
+            "ping": ("ping", dict),
+        }[args.action]
+        answer = await hub.call(args.device_id, method, payload())
+    if answer.status != 200:
+        error = answer.payload.get("error") if isinstance(answer.payload, dict) else answer.payload
+        raise ModelfleetError(f"{args.device_id}: {method} failed ({answer.status}): {error}")
+    if getattr(args, "json", False):
+        _print_json(answer.payload)
+    elif args.action == "logs":
+        print("\n".join(answer.payload.get("lines", [])))
+    elif args.action == "restart":
+        print(f"restarted {args.module} on {args.device_id}")
+    else:
+        print(f"{args.device_id} answered at {answer.payload.get('at')}")
+    return 0
+
+
+def _print_device(snap: Any, device_id: str) -> None:
+    row = device_row(snap, device_id)
+    print(f"device:      {row['device_id']} ({'online' if row['online'] else 'offline'})")
+    print(f"last seen:   {row['last_seen'] or '-'}")
+    print(f"tags:        {', '.join(f'{k}={v}' for k, v in sorted(row['tags'].items())) or '-'}")
+    print(f"health:      {row['health']}")
+    for name, d in row["deployments"].items():
+        print(
+            f"deployment:  {name} v{d['version']} {d['outcome']}"
+            + (f" ({d['reason']})" if d["reason"] else "")
+        )
+    for name, m in row["modules"].items():
+        print(f"module:      {name}:{m['version']} {m['status']} {m['health']} port {m['port']}")
+        if m["last_error"]:
+            print(f"  error:     {m['last_error']}")
+    for r in row["refused"]:
+        print(f"refused:     {r['deployment']} v{r['version']}: {r['reason']}")

@@ -1,0 +1,204 @@
+"""Driving a staged rollout from the publisher, with nothing but the broker in between.
+
+Devices decide by themselves whether they are in the current step (a stable hash of device id and
+deployment name, see docs/manifest.md), so advancing a step is publishing the same document again
+with a higher version and `rollout.currentStep` + 1. This watcher only decides *when*: a step
+advances once every online device in it has stayed healthy for `minHealthySeconds`, and the
+rollout aborts when the failed share of the step exceeds `maxFailureRatio`. Aborting re-publishes
+the previous document's content as a new, higher version (agents refuse lower versions), or
+deletes the deployment when there was no previous document.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from modules.deployment import DeploymentDocument
+from publisher import _deploy
+from publisher._hub import Hub
+from publisher._status import STAGES, DeviceProgress, Stage, progress, stage_counts
+from publisher._workspace import Workspace
+
+
+@dataclass
+class RolloutResult:
+    ok: bool
+    name: str
+    version: int  # the version the deployment ends on (the restored one after an abort)
+    summary: str
+    counts: dict[Stage, int] = field(default_factory=dict)
+    failed_devices: list[str] = field(default_factory=list)
+
+
+class ProgressDisplay:
+    """Per-stage counts: rewritten in place on a terminal, one line per change otherwise (logs, CI)."""
+
+    def __init__(self, stream: TextIO | None = None, *, enabled: bool = True) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = self.stream.isatty()
+        self._last: str | None = None
+
+    def show(
+        self, doc: DeploymentDocument, step: int, steps: list[int], devices: list[DeviceProgress]
+    ) -> None:
+        if not self.enabled:
+            return
+        in_step = [d for d in devices if d.in_step]
+        counts = stage_counts(in_step)
+        line = (
+            f"{doc.name} v{doc.version} step {step + 1}/{len(steps)} ({steps[step]}%): "
+            f"{len(in_step)}/{sum(d.targeted for d in devices)} devices | "
+            + " ".join(f"{stage} {counts[stage]}" for stage in STAGES)
+        )
+        if line == self._last:
+            return
+        self._last = line
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def message(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.tty and self._last is not None:
+            self.stream.write("\n")
+        self._last = None
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    done: bool
+    failed: list[str]
+    ratio: float
+    devices: list[DeviceProgress]
+
+
+def _judge(doc: DeploymentDocument, hub: Hub) -> _Verdict:
+    devices = progress(doc, hub.snapshot)
+    members = [d for d in devices if d.in_step]
+    failed = [d.device_id for d in members if d.stage == "failed"]
+    done = all(d.stage in ("healthy", "offline") for d in members)
+    return _Verdict(done, failed, len(failed) / len(members) if members else 0.0, devices)
+
+
+async def drive(
+    hub: Hub,
+    workspace: Workspace,
+    doc: DeploymentDocument,
+    previous: dict[str, Any] | None,
+    *,
+    step_timeout_s: float = 600.0,
+    display: ProgressDisplay | None = None,
+    max_failure_ratio: float = 0.0,
+    on_step: Callable[[DeploymentDocument], Awaitable[None]] | None = None,
+) -> RolloutResult:
+    """Watch `doc` (already published) through every step; restore `previous` if it fails.
+
+    Without a rollout policy the document is one step at 100%, judged with `max_failure_ratio`
+    and no minimum healthy time. `on_step` runs after each step has passed, before the next is
+    published (a hook for checks, or for a human gate).
+    """
+    display = display or ProgressDisplay(enabled=False)
+    loop = asyncio.get_running_loop()
+    steps = doc.rollout.steps if doc.rollout else [100]
+    step = doc.rollout.current_step if doc.rollout else 0
+    min_healthy = doc.rollout.min_healthy_seconds if doc.rollout else 0
+    max_failed = doc.rollout.max_failure_ratio if doc.rollout else max_failure_ratio
+    while True:
+        deadline = loop.time() + step_timeout_s
+        healthy_since: float | None = None
+        while True:
+            verdict = _judge(doc, hub)
+            display.show(doc, step, steps, verdict.devices)
+            if verdict.ratio > max_failed:
+                example = next(d for d in verdict.devices if d.in_step and d.stage == "failed")
+                reason = (
+                    f"{len(verdict.failed)} of {sum(d.in_step for d in verdict.devices)} devices failed "
+                    f"in step {step + 1} ({steps[step]}%), above the {max_failed:.0%} allowed "
+                    f"(e.g. {example.device_id}: {example.reason or 'no reason reported'})"
+                )
+                return await _abort(hub, workspace, doc, previous, reason, verdict, display, step_timeout_s)
+            if verdict.done:
+                healthy_since = loop.time() if healthy_since is None else healthy_since
+                remaining = min_healthy - (loop.time() - healthy_since)
+                if remaining <= 0:
+                    break
+                await hub.wait_changed(min(remaining, 1.0))
+                continue
+            healthy_since = None
+            if loop.time() > deadline:
+                reason = f"step {step + 1} ({steps[step]}%) was not healthy within {step_timeout_s:g} s"
+                return await _abort(hub, workspace, doc, previous, reason, verdict, display, step_timeout_s)
+            await hub.wait_changed(1.0)
+        if on_step is not None:
+            await on_step(doc)
+        if step == len(steps) - 1:
+            counts = stage_counts([d for d in verdict.devices if d.in_step])
+            summary = f"{doc.name} version {doc.version}: {counts['healthy']} devices healthy"
+            if counts["offline"]:
+                summary += f", {counts['offline']} offline (they apply it when they reconnect)"
+            display.message(summary)
+            return RolloutResult(True, doc.name, doc.version, summary, counts)
+        step += 1
+        assert doc.rollout is not None
+        rollout = {**doc.to_json_dict()["rollout"], "currentStep": step}
+        doc = await _deploy.publish(
+            hub, workspace, _deploy.republished(doc.to_json_dict(), doc.version + 1, rollout=rollout)
+        )
+        display.message(f"{doc.name}: step {step + 1}/{len(steps)} ({steps[step]}%) as version {doc.version}")
+
+
+async def _abort(
+    hub: Hub,
+    workspace: Workspace,
+    doc: DeploymentDocument,
+    previous: dict[str, Any] | None,
+    reason: str,
+    verdict: _Verdict,
+    display: ProgressDisplay,
+    timeout_s: float,
+) -> RolloutResult:
+    counts = stage_counts([d for d in verdict.devices if d.in_step])
+    display.message(f"{doc.name} version {doc.version}: aborting: {reason}")
+    if previous is None:
+        await _deploy.delete(hub, doc.name, device=doc.device)
+        summary = f"rollout of {doc.name} version {doc.version} aborted: {reason}; deployment removed"
+        display.message(summary)
+        return RolloutResult(False, doc.name, doc.version, summary, counts, verdict.failed)
+    restored = await _deploy.publish(hub, workspace, _deploy.republished(previous, doc.version + 1))
+    display.message(f"{doc.name}: restoring version {previous.get('version')} as version {restored.version}")
+    back = await _converge(hub, restored, timeout_s)
+    summary = (
+        f"rollout of {doc.name} version {doc.version} aborted: {reason}; "
+        f"restored version {previous.get('version')}'s content as version {restored.version}"
+        + ("" if back else f" (not yet healthy everywhere after {timeout_s:g} s)")
+    )
+    display.message(summary)
+    return RolloutResult(False, doc.name, restored.version, summary, counts, verdict.failed)
+
+
+async def _converge(hub: Hub, doc: DeploymentDocument, timeout_s: float) -> bool:
+    """Wait until every targeted online device reports `doc` applied; tell whether they did."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        devices = progress(doc, hub.snapshot)
+        members = [d for d in devices if d.in_step]
+        if all(d.stage in ("healthy", "offline", "failed") for d in members) and all(
+            (seen := hub.snapshot.reports[d.device_id].deployments.get(doc.name)) is not None
+            and seen.version >= doc.version
+            for d in members
+            if d.stage != "offline"
+        ):
+            return True
+        await hub.wait_changed(1.0)
+    return False

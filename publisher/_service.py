@@ -1,0 +1,294 @@
+"""The Python deployment API, shaped like Azure ML v1's web services.
+
+`Model.deploy(workspace, name, models, inference_config, deployment_config)` packages the models
+with the entry script as a module and publishes a deployment of it; the `Service` it returns
+watches, updates and deletes that deployment. Scripts written against Azure ML port with the
+imports changed: `wait_for_deployment(show_output=True)`, `state`, `get_logs()`,
+`update(models=[...])`, `delete()`, `scoring_uris`. A "service" here runs on many devices, so
+`scoring_uris` and `get_logs()` answer per device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modules._errors import ModelfleetError
+from modules.deployment import DeploymentDocument
+from publisher import _deploy
+from publisher._deploy import DeploymentSettings
+from publisher._hub import Hub
+from publisher._model import Model
+from publisher._module import Module
+from publisher._rollout import ProgressDisplay, RolloutResult, drive
+from publisher._status import deployment_summary, owned_modules
+from publisher._workspace import Workspace
+
+DeploymentConfig = DeploymentSettings  # Azure ML's name for the same idea
+
+
+class DeploymentFailedError(ModelfleetError):
+    """A rollout was aborted (and the previous version restored), or did not become healthy."""
+
+    def __init__(self, result: RolloutResult) -> None:
+        super().__init__(result.summary)
+        self.result = result
+
+
+@dataclass
+class InferenceConfig:
+    """How the models are served: the entry script and its environment (Azure ML's InferenceConfig).
+
+    No entry script means the zero-code handler, which serves a single ONNX model as it is.
+    """
+
+    entry_script: str | Path | None = None
+    source_directory: str | Path | None = None
+    requirements: str | Path | None = None
+    conda_file: str | Path | None = None
+    sample_input: str | Path | None = None
+    providers: Sequence[str] | None = None
+
+
+async def _package(
+    workspace: Workspace, name: str, models: Sequence[str | Model], config: InferenceConfig
+) -> Module:
+    return await Module.package_async(
+        workspace,
+        name,
+        models,
+        entry_script=config.entry_script,
+        source_dir=config.source_directory,
+        requirements=config.requirements,
+        conda_file=config.conda_file,
+        sample_input=config.sample_input,
+        providers=config.providers,  # type: ignore[arg-type]
+    )
+
+
+class Service:
+    """One deployment, seen from Python. `Service(ws, name)` attaches to an existing one."""
+
+    def __init__(self, workspace: Workspace, name: str, *, device: str | None = None) -> None:
+        self.workspace = workspace
+        self.name = name
+        self.device = device
+        self.inference_config: InferenceConfig | None = None
+        self.hosts: dict[str, str] = {}  # device id -> address, where the id is not a resolvable host name
+        self._previous: dict[str, Any] | None = None
+        self._document: DeploymentDocument | None = None
+        self.refresh()
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        asyncio.run(self._refresh())
+
+    async def _refresh(self) -> None:
+        async with Hub(self.workspace) as hub:
+            self._read(hub)
+
+    def _read(self, hub: Hub) -> None:
+        raw = _deploy.current(hub, self.name, self.device)
+        if raw is None:
+            raise ModelfleetError(f"deployment {self.name!r} does not exist")
+        self._document = _deploy.validate({k: v for k, v in raw.items() if k != "signature"})
+        self._summary = deployment_summary(self._document, hub.snapshot)
+        self._reports = dict(hub.snapshot.reports)
+
+    @property
+    def document(self) -> DeploymentDocument:
+        assert self._document is not None
+        return self._document
+
+    @property
+    def version(self) -> int:
+        return self.document.version
+
+    @property
+    def state(self) -> str:
+        """`Healthy`, `Transitioning`, `Failed` or `NoDevices`, as of now (it re-reads the fleet)."""
+        self.refresh()
+        s = self._summary
+        if s["failed"]:
+            return "Failed"
+        if not s["targeted"]:
+            return "NoDevices"
+        if s["healthy"] + s["offline"] == s["targeted"] and s["healthy"]:
+            return "Healthy"
+        return "Transitioning"
+
+    def status(self) -> dict[str, Any]:
+        """Targeted, applied, healthy, failed and offline device counts for the current version."""
+        self.refresh()
+        return dict(self._summary)
+
+    @property
+    def scoring_uris(self) -> dict[str, str]:
+        """Device id -> its scoring URL, for every device running this deployment's first module."""
+        self.refresh()
+        uris = {}
+        first = next(iter(self.document.content.modules), None)
+        for device_id, report in sorted(self._reports.items()):
+            for module in owned_modules(report, self.name):
+                if module.name == first and module.port and module.status == "running":
+                    host = self.hosts.get(device_id, device_id)
+                    uris[device_id] = f"http://{host}:{module.port}/score"
+        return uris
+
+    def get_logs(self, tail: int = 100, *, device_id: str | None = None) -> dict[str, dict[str, list[str]]]:
+        """Device id -> module -> its last `tail` log lines, over the getLogs direct method."""
+        return asyncio.run(self._get_logs(tail, device_id))
+
+    async def _get_logs(self, tail: int, device_id: str | None) -> dict[str, dict[str, list[str]]]:
+        out: dict[str, dict[str, list[str]]] = {}
+        async with Hub(self.workspace) as hub:
+            self._read(hub)
+            for device, report in sorted(hub.snapshot.reports.items()):
+                if (device_id is not None and device != device_id) or not hub.snapshot.online(device):
+                    continue
+                for module in owned_modules(report, self.name):
+                    answer = await hub.call(device, "getLogs", {"module": module.name, "tail": tail})
+                    if answer.status == 200:
+                        out.setdefault(device, {})[module.name] = list(answer.payload.get("lines", []))
+        return out
+
+    # -- changing -----------------------------------------------------------------------------
+
+    def wait_for_deployment(
+        self, show_output: bool = False, timeout_sec: float = 600.0, *, max_failure_ratio: float = 0.0
+    ) -> RolloutResult:
+        """Drive the current version through its rollout steps; raise if it is aborted."""
+        return asyncio.run(self._wait(show_output, timeout_sec, max_failure_ratio))
+
+    async def _wait(self, show_output: bool, timeout_sec: float, max_failure_ratio: float) -> RolloutResult:
+        async with Hub(self.workspace) as hub:
+            self._read(hub)
+            display = ProgressDisplay(sys.stdout, enabled=show_output)
+            result = await drive(
+                hub,
+                self.workspace,
+                self.document,
+                self._previous,
+                step_timeout_s=timeout_sec,
+                display=display,
+                max_failure_ratio=max_failure_ratio,
+            )
+            await hub.sync()
+            self._read(hub)
+        if not result.ok:
+            raise DeploymentFailedError(result)
+        return result
+
+    def update(
+        self,
+        models: Sequence[str | Model] | None = None,
+        inference_config: InferenceConfig | None = None,
+        **settings: Any,
+    ) -> Service:
+        """Publish a new version: new models are packaged as a new module version first.
+
+        `settings` are `DeploymentConfig` fields (target, priority, env, rollout, ...); the rest
+        stay as they are. Follow with `wait_for_deployment()` to drive a rollout.
+        """
+        asyncio.run(self._update(models, inference_config, settings))
+        return self
+
+    async def _update(
+        self,
+        models: Sequence[str | Model] | None,
+        inference_config: InferenceConfig | None,
+        settings: Mapping[str, Any],
+    ) -> None:
+        modules: list[str | Module] | None = None
+        if models:
+            config = inference_config or self.inference_config
+            names = list(self.document.content.modules)
+            if len(names) != 1:
+                raise ModelfleetError("update(models=...) needs a deployment of exactly one module")
+            if config is None:
+                current = await Module.get_async(self.workspace, names[0])
+                if current.spec.entry_script is not None:
+                    raise ModelfleetError(
+                        f"module {names[0]} has an entry script: pass inference_config to update()"
+                    )
+                config = InferenceConfig()
+            modules = [await _package(self.workspace, names[0], models, config)]
+            self.inference_config = config
+        async with Hub(self.workspace) as hub:
+            _, self._previous = await _deploy.update(
+                hub, self.workspace, self.name, modules, device=self.device, **settings
+            )
+            await hub.sync()
+            self._read(hub)
+
+    def delete(self) -> None:
+        """Remove the deployment: every device stops and removes its modules."""
+        asyncio.run(self._delete())
+
+    async def _delete(self) -> None:
+        async with Hub(self.workspace) as hub:
+            await _deploy.delete(hub, self.name, device=self.device)
+
+    def __repr__(self) -> str:
+        version = self._document.version if self._document else None
+        return f"Service(name={self.name!r}, version={version})"
+
+
+def deploy(
+    workspace: Workspace,
+    name: str,
+    models: Sequence[str | Model],
+    inference_config: InferenceConfig | None = None,
+    deployment_config: DeploymentConfig | Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Service:
+    """Package `models` as module `name` and deploy it as deployment `name` (Azure ML's Model.deploy).
+
+    With `overwrite`, an existing deployment of that name gets a new version instead of an error.
+    """
+    config = inference_config or InferenceConfig()
+    if isinstance(deployment_config, DeploymentSettings):
+        settings = deployment_config
+    else:
+        settings = DeploymentSettings.model_validate(dict(deployment_config or {}))
+
+    async def run() -> dict[str, Any] | None:
+        module = await _package(workspace, name, models, config)
+        async with Hub(workspace) as hub:
+            if overwrite and _deploy.current(hub, name, settings.device) is not None:
+                changes = settings.model_dump(exclude_unset=True)
+                changes.pop("device", None)
+                _, previous = await _deploy.update(
+                    hub, workspace, name, [module], device=settings.device, **changes
+                )
+                return previous
+            await _deploy.create(hub, workspace, name, [module], settings)
+            await hub.sync()
+        return None
+
+    previous = asyncio.run(run())
+    service = Service(workspace, name, device=settings.device)
+    service.inference_config = config
+    service._previous = previous
+    return service
+
+
+def _model_deploy(
+    workspace: Workspace,
+    name: str,
+    models: Sequence[str | Model],
+    inference_config: InferenceConfig | None = None,
+    deployment_config: DeploymentConfig | Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Service:
+    return deploy(workspace, name, models, inference_config, deployment_config, overwrite)
+
+
+# `Model.deploy` is Azure ML's entry point; it is attached here so that the model registry code
+# does not depend on the control plane (importing `publisher` always runs this module).
+Model.deploy = staticmethod(_model_deploy)  # type: ignore[attr-defined]
