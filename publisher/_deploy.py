@@ -20,6 +20,7 @@ from modules._errors import ConfigError, ModelfleetError, NotFoundError
 from modules.deployment import DeploymentDocument, sign_document
 from modules.signing import load_signing_key
 from modules.spec import MODULE_REPOSITORY_PREFIX
+from publisher import _service_keys
 from publisher._hub import Hub, now
 from publisher._module import Module
 from publisher._versions import check_name, parse_ref, resolve_version
@@ -175,6 +176,9 @@ def current(hub: Hub, name: str, device: str | None = None) -> dict[str, Any] | 
 async def publish(hub: Hub, workspace: Workspace, data: Mapping[str, Any]) -> DeploymentDocument:
     """Validate, sign with the workspace key and publish retained; the signed document is returned."""
     document = validate({k: v for k, v in data.items() if k != "signature"})
+    if any((m.settings.model_extra or {}).get("auth") for m in document.content.modules.values()):
+        # Keys first: an agent never starts an auth module before its sealed keys arrived.
+        await _service_keys.ensure(hub, workspace, document.name)
     signed = sign_document(document, load_signing_key(workspace.signing_key_path))
     payload = json.dumps(signed.to_json_dict(), separators=(",", ":")).encode()
     await hub.publish(topic_for(hub, signed.name, signed.device), payload, retain=True)
@@ -271,12 +275,16 @@ def _settings_of(doc: DeploymentDocument) -> DeploymentSettings:
     )
 
 
-async def delete(hub: Hub, name: str, *, device: str | None = None) -> dict[str, Any]:
-    """Clear the retained document; returns what was deleted."""
+async def delete(
+    hub: Hub, name: str, *, device: str | None = None, workspace: Workspace | None = None
+) -> dict[str, Any]:
+    """Clear the retained document (and the devices' sealed keys); returns what was deleted."""
     previous = current(hub, name, device)
     if previous is None:
         raise NotFoundError(f"deployment {name!r} does not exist")
     await hub.publish(topic_for(hub, name, device), b"", retain=True)
+    if workspace is not None and device is None:
+        await _service_keys.withdraw(hub, workspace, name)
     return previous
 
 

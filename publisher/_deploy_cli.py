@@ -114,8 +114,26 @@ async def _deploy_async(ws: Workspace, args: argparse.Namespace) -> int:
                 raise ModelfleetError(f"deployment {args.name!r} does not exist")
             print(json.dumps(raw, indent=2))
             return 0
+        if args.action == "keys":
+            from publisher import _service_keys
+
+            if _deploy.current(hub, args.name) is None:
+                raise ModelfleetError(f"deployment {args.name!r} does not exist")
+            if args.regen:
+                stored = await _service_keys.regenerate(hub, ws, args.name, args.regen)
+            else:
+                stored = _service_keys.load(ws, args.name)
+                if stored is None:
+                    raise ModelfleetError(f"deployment {args.name!r} has no keys: create it with --auth")
+            if args.json:
+                _print_json(
+                    {"primary": stored.primary, "secondary": stored.secondary, "version": stored.version}
+                )
+            else:
+                print(f"primary:   {stored.primary}\nsecondary: {stored.secondary}")
+            return 0
         if args.action == "delete":
-            old = await _deploy.delete(hub, args.name, device=args.device)
+            old = await _deploy.delete(hub, args.name, device=args.device, workspace=ws)
             print(f"deleted {args.name} (was version {old.get('version')}); devices remove its modules")
             return 0
     raise AssertionError(args.action)

@@ -170,7 +170,7 @@ async def _abort(
     counts = stage_counts([d for d in verdict.devices if d.in_step])
     display.message(f"{doc.name} version {doc.version}: aborting: {reason}")
     if previous is None:
-        await _deploy.delete(hub, doc.name, device=doc.device)
+        await _deploy.delete(hub, doc.name, device=doc.device, workspace=workspace)
         summary = f"rollout of {doc.name} version {doc.version} aborted: {reason}; deployment removed"
         display.message(summary)
         return RolloutResult(False, doc.name, doc.version, summary, counts, verdict.failed)

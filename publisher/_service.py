@@ -19,7 +19,7 @@ from typing import Any
 
 from modules._errors import ModelfleetError
 from modules.deployment import DeploymentDocument
-from publisher import _deploy
+from publisher import _deploy, _service_keys
 from publisher._deploy import DeploymentSettings
 from publisher._hub import Hub
 from publisher._model import Model
@@ -226,13 +226,30 @@ class Service:
             await hub.sync()
             self._read(hub)
 
+    def get_keys(self) -> tuple[str, str]:
+        """(primary, secondary) scoring keys, as Azure ML's `service.get_keys()`."""
+        stored = _service_keys.load(self.workspace, self.name)
+        if stored is None:
+            raise ModelfleetError(f"deployment {self.name!r} has no keys: deploy it with auth enabled")
+        return stored.primary, stored.secondary
+
+    def regen_key(self, key: str) -> None:
+        """Replace the 'primary' or 'secondary' key on every device; the other keeps working."""
+        if key not in ("primary", "secondary"):
+            raise ModelfleetError("key must be 'primary' or 'secondary'")
+        asyncio.run(self._regen(key))
+
+    async def _regen(self, key: str) -> None:
+        async with Hub(self.workspace) as hub:
+            await _service_keys.regenerate(hub, self.workspace, self.name, key)  # type: ignore[arg-type]
+
     def delete(self) -> None:
         """Remove the deployment: every device stops and removes its modules."""
         asyncio.run(self._delete())
 
     async def _delete(self) -> None:
         async with Hub(self.workspace) as hub:
-            await _deploy.delete(hub, self.name, device=self.device)
+            await _deploy.delete(hub, self.name, device=self.device, workspace=self.workspace)
 
     def __repr__(self) -> str:
         version = self._document.version if self._document else None

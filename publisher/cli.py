@@ -159,6 +159,11 @@ def _deploy_parsers(
     show = sub.add_parser("show", parents=[common, as_json], help="show one deployment document")
     show.add_argument("name")
     show.add_argument("--device", metavar="ID", help="the device's override")
+    keys = sub.add_parser(
+        "keys", parents=[common, as_json], help="show or regenerate a deployment's scoring keys"
+    )
+    keys.add_argument("name")
+    keys.add_argument("--regen", choices=["primary", "secondary"], help="replace this key on every device")
     delete = sub.add_parser("delete", parents=[common], help="remove a deployment from every device")
     delete.add_argument("name")
     delete.add_argument("--device", metavar="ID", help="the device's override")

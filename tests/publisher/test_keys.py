@@ -1,0 +1,103 @@
+"""Scoring keys: deployed with auth, rotated with regen_key, never in clear on the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+from pathlib import Path
+
+import aiohttp
+
+from publisher import DeploymentConfig, InferenceConfig, Model, Service, Workspace
+from tests._services import Service as RealService
+from tests.edge_agent._fleet import SAMPLE, mqtt_client, wait_for
+from tests.publisher._harness import IRIS, fleet, workspace
+
+SCORE = Path(__file__).resolve().parents[2] / "examples" / "iris-service" / "score.py"
+
+
+def _every_retained_message(port: int, idle: float = 1.5) -> dict[str, bytes]:
+    """All retained messages the broker holds, read the way anyone on the broker could."""
+    seen: dict[str, bytes] = {}
+    quiet = threading.Event()
+    client = mqtt_client(f"reader-{os.urandom(3).hex()}")
+
+    def on_message(_c, _u, msg) -> None:  # type: ignore[no-untyped-def]
+        if msg.retain:
+            seen[msg.topic] = msg.payload
+        quiet.clear()
+
+    client.on_message = on_message
+    client.connect("127.0.0.1", port)
+    client.subscribe("#", qos=1)
+    client.loop_start()
+    try:
+        while True:
+            quiet.set()
+            if quiet.wait(idle) and quiet.is_set():
+                break
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return seen
+
+
+async def _status(uri: str, key: str | None) -> int:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(uri, data=json.dumps(SAMPLE), headers=headers) as resp,
+    ):
+        return resp.status
+
+
+async def test_primary_key_works_regen_revokes_it_and_no_retained_message_holds_a_key(
+    tmp_path: Path, distribution: RealService, mosquitto: RealService
+) -> None:
+    ws: Workspace = workspace(tmp_path / "ws", distribution, mosquitto, "keys" + os.urandom(3).hex())
+    model = await Model.register_async(ws, IRIS, "iris")
+    async with fleet(tmp_path, ws, distribution, mosquitto) as f:
+        agent = await f.start("k1", {"site": "a"})
+        await wait_for(lambda: agent.transport and agent.transport.connected, what="agent online")
+        await asyncio.sleep(0.3)  # its first report (with its public key) is on the broker
+        config = DeploymentConfig(target="tags.site = 'a'", port=6200, auth=True, min_healthy_seconds=0)
+        service: Service = await asyncio.to_thread(
+            Model.deploy,
+            ws,
+            "secure",
+            [model],
+            InferenceConfig(entry_script=SCORE),
+            config,  # type: ignore[attr-defined]
+        )
+        result = await asyncio.to_thread(service.wait_for_deployment, False, 120)
+        assert result.ok
+        primary, secondary = service.get_keys()
+        uri = f"http://127.0.0.1:{agent.config.module_port(6200)}/score"
+        assert await _status(uri, primary) == 200
+        assert await _status(uri, secondary) == 200
+        assert await _status(uri, None) == 401
+        assert await _status(uri, "not-the-key") == 401
+
+        digest_before = agent.modules["secure"].pid
+        await asyncio.to_thread(service.regen_key, "primary")
+        new_primary, same_secondary = service.get_keys()
+        assert new_primary != primary and same_secondary == secondary
+        await wait_for(
+            lambda: (
+                agent.modules["secure"].status == "running" and agent.modules["secure"].pid != digest_before
+            ),
+            what="module restarted with the new keys",
+        )
+        assert await _status(uri, primary) == 401
+        assert await _status(uri, new_primary) == 200
+        assert await _status(uri, secondary) == 200
+
+        retained = await asyncio.to_thread(_every_retained_message, mosquitto.port)
+        assert any("/keys/secure" in topic for topic in retained), "sealed keys were not published"
+        for topic, payload in retained.items():
+            for key in (primary, secondary, new_primary):
+                assert key.encode() not in payload, f"a key in clear on {topic}"
+        on_disk = (f.data_dir("k1") / "state.json").read_bytes()
+        assert all(k.encode() not in on_disk for k in (primary, secondary, new_primary))
