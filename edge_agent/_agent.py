@@ -16,12 +16,14 @@ from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from pydantic import ValidationError
 
 from edge_agent._config import AgentConfig
 from edge_agent._device_info import device_info, execution_providers
 from edge_agent._executor import Executor
+from edge_agent._inference_stats import scrape
 from edge_agent._intake import Accepted, Deleted, Intake, Refused, Unchanged
 from edge_agent._mqtt import Message, MqttConnectError, MqttError, MqttSettings, MqttTransport
 from edge_agent._planner import ActualModule, Remove, Replace, Start, desired_modules, plan
@@ -246,7 +248,9 @@ class Agent:
             if self.persisted.documents.pop(slot, None) is None:
                 return
             self.persisted.applied_documents.pop(slot, None)
-            self.deployments.pop(slot, None)
+            self.deployments[slot] = DeploymentState(
+                name=slot, version=self.persisted.last_versions.get(slot, 0), outcome="removed", at=_now()
+            )
             log.info("deployment %s removed", slot)
         elif isinstance(verdict, Accepted):
             self.persisted.documents[slot] = verdict.raw
@@ -439,6 +443,16 @@ class Agent:
                 self.persisted.applied_documents.pop(slot, None)
 
     def _on_module_state(self, name: str, state: ModuleState) -> None:
+        previous = self.modules.get(name)
+        if previous is not None and previous.digest == state.digest and state.inference_count == 0:
+            # counts come from the heartbeat's scrape; a status change must not zero them
+            state = state.model_copy(
+                update={
+                    "inference_count": previous.inference_count,
+                    "inference_errors": previous.inference_errors,
+                    "latency_ms_avg": previous.latency_ms_avg,
+                }
+            )
         reason = self.persisted.failed_reasons.get(name)
         if reason and state.last_error is None:
             state = state.model_copy(update={"last_error": reason})
@@ -487,10 +501,27 @@ class Agent:
             log.info("report not sent (%s); it will be sent on reconnect", exc)
 
     async def _heartbeat_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.heartbeat_s)
-            if self.transport is not None and self.transport.connected:
+        timeout = aiohttp.ClientTimeout(total=2)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                await asyncio.sleep(self.config.heartbeat_s)
+                await self._collect_inference_stats(session)
+                if self.transport is None or not self.transport.connected:
+                    continue
                 presence = Presence(device_id=self.device_id, online=True, at=_now())
+                telemetry = {
+                    "device_id": self.device_id,
+                    "at": _now().isoformat(),
+                    "modules": {
+                        name: {
+                            "status": m.status,
+                            "inference_count": m.inference_count,
+                            "inference_errors": m.inference_errors,
+                            "latency_ms_avg": m.latency_ms_avg,
+                        }
+                        for name, m in self.modules.items()
+                    },
+                }
                 with contextlib.suppress(MqttError):
                     await self.transport.publish(
                         self.topics.status(self.device_id),
@@ -498,6 +529,30 @@ class Agent:
                         retain=True,
                         timeout=5,
                     )
+                    await self.transport.publish(
+                        self.topics.telemetry(self.device_id),
+                        json.dumps(telemetry).encode(),
+                        qos=0,
+                        timeout=5,
+                    )
+
+    async def _collect_inference_stats(self, session: aiohttp.ClientSession) -> None:
+        changed = False
+        for name, running in list(self.executor.running.items()):
+            stats = await scrape(session, running.record.internal_port)
+            state = self.modules.get(name)
+            if stats is None or state is None:
+                continue
+            update = {
+                "inference_count": stats.count,
+                "inference_errors": stats.errors,
+                "latency_ms_avg": stats.latency_ms_avg,
+            }
+            if any(getattr(state, k) != v for k, v in update.items()):
+                self.modules[name] = state.model_copy(update=update)
+                changed = True
+        if changed:
+            self._report_wanted.set()
 
     # -- direct methods -----------------------------------------------------------------------
 

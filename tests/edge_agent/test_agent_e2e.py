@@ -88,6 +88,12 @@ async def test_signed_deployment_serves_predictions_and_reports_running_with_dig
     scorer = state.modules["scorer"]
     assert (scorer.status, scorer.digest, scorer.version, scorer.port) == ("running", module.digest, 1, port)
     assert state.deployments["iris"].outcome == "applied"
+    # inference counts and latency come from the module's own metrics, once per heartbeat
+    counted = await wait_for(
+        lambda: agent.modules["scorer"] if agent.modules["scorer"].inference_count >= 1 else None,
+        what="counts",
+    )
+    assert counted.inference_errors == 0 and counted.latency_ms_avg is not None and counted.latency_ms_avg > 0
 
 
 async def test_update_under_steady_load_has_zero_failed_requests(agent: Agent, publisher: Publisher) -> None:

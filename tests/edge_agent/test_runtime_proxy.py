@@ -43,9 +43,7 @@ async def proxy():
     await proxy.stop()
 
 
-async def test_switching_versions_under_load_fails_no_request(
-    proxy: FrontProxy, tmp_path: Path
-) -> None:
+async def test_switching_versions_under_load_fails_no_request(proxy: FrontProxy, tmp_path: Path) -> None:
     runtime = ProcessRuntime(tmp_path / "agent")
     configs = {}
     for version in ("A", "B"):

@@ -53,6 +53,7 @@ def test_restart_policies(policy, code: int, unhealthy: bool, expected: bool) ->
 
 async def _until(states: list[ModuleState], predicate: Callable[[ModuleState], bool], timeout: float) -> None:
     """Bounded wait for a reported state; the test fails with the history if it never comes."""
+
     async def poll() -> None:
         while not any(predicate(s) for s in states):
             await asyncio.sleep(0.05)
