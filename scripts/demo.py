@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,13 +63,49 @@ def _start_hub(registry_port: int, mqtt_port: int) -> subprocess.Popen[str]:
     raise SystemExit("hub did not start within 30 s")
 
 
+AGENTS = [("press-1", "a"), ("press-2", "a"), ("press-3", "a"), ("lab-1", "b")]
+MODULE_PORT = 8900
+
+
+def _start_agents(registry_port: int, mqtt_port: int) -> list[subprocess.Popen[bytes]]:
+    procs = []
+    for index, (device, site) in enumerate(AGENTS):
+        data = DEMO / "devices" / device
+        data.mkdir(parents=True)
+        print(f"$ modelfleet agent run --device-id {device} --tag site={site} --port-base {index * 10} ... &")
+        log = (data / "agent.log").open("wb")
+        procs.append(
+            subprocess.Popen(
+                [str(BIN / "modelfleet"), "agent", "run", "--device-id", device, "--tag", f"site={site}",
+                 "--hub", f"mqtt://127.0.0.1:{mqtt_port}", "--registry", f"http://127.0.0.1:{registry_port}",
+                 "--trust", str(DEMO / "workspace" / "publisher.pem"), "--data-dir", str(data),
+                 "--port-base", str(index * 10), "--status-port", str(_port(0)),
+                 "--listen-host", "127.0.0.1"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        )  # fmt: skip
+    return procs
+
+
+def _score(port: int) -> None:
+    body = (EXAMPLES / "models" / "iris" / "sample-input.json").read_bytes()
+    print(f"\n$ curl -X POST http://127.0.0.1:{port}/score -d @examples/models/iris/sample-input.json")
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/score", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        print(resp.read().decode())
+
+
 def main() -> int:
+    started = time.monotonic()
     shutil.rmtree(DEMO, ignore_errors=True)
     (DEMO / "workspace").mkdir(parents=True)
     for key in [k for k in os.environ if k.startswith("MODELFLEET_")]:
         del os.environ[key]
     registry_port, mqtt_port = _port(5000), _port(1883)
     hub = _start_hub(registry_port, mqtt_port)
+    agents: list[subprocess.Popen[bytes]] = []
     try:
         _modelfleet(
             "init",
@@ -77,7 +114,14 @@ def main() -> int:
             "--hub",
             f"mqtt://127.0.0.1:{mqtt_port}",
         )
-        _modelfleet("key", "public")
+        print("\n$ modelfleet key public > publisher.pem")
+        pem = subprocess.run(
+            [str(BIN / "modelfleet"), "key", "public"],
+            cwd=DEMO / "workspace",
+            capture_output=True,
+            check=True,
+        ).stdout
+        (DEMO / "workspace" / "publisher.pem").write_bytes(pem)
         iris = EXAMPLES / "models" / "iris"
         _modelfleet("model", "register", "-n", "iris", "-p", str(iris / "model.onnx"),
                     "--tag", "task=classification",
@@ -89,26 +133,46 @@ def main() -> int:
         _modelfleet("model", "show", "iris:1")
         _modelfleet("module", "package", "-n", "iris-service", "-m", "iris:1",
                     "--entry-script", str(EXAMPLES / "iris-service" / "score.py"),
-                    "--requirements", str(EXAMPLES / "iris-service" / "requirements.txt"),
                     "--sample-input", str(iris / "sample-input.json"))  # fmt: skip
         _modelfleet("module", "package", "-n", "iris-service", "-m", "iris:2",
                     "--entry-script", str(EXAMPLES / "iris-service" / "score.py"),
                     "--sample-input", str(iris / "sample-input.json"))  # fmt: skip
         _modelfleet("module", "list")
-        _modelfleet("module", "show", "iris-service")
+
+        print()
+        agents = _start_agents(registry_port, mqtt_port)
+        time.sleep(2)  # let them connect and report
+        _modelfleet("deploy", "create", "-n", "iris-prod", "--module", "iris-service:1",
+                    "--target", "tags.site = 'a'", "--port", str(MODULE_PORT),
+                    "--rollout", "34%,100%", "--min-healthy", "2", "--wait", "--timeout", "120")  # fmt: skip
+        _score(MODULE_PORT)  # press-1 (port base 0)
+        _modelfleet("status")
+        _modelfleet(
+            "deploy", "update", "-n", "iris-prod", "--module", "iris-service:2", "--wait", "--timeout", "120"
+        )
+        _modelfleet("status")
+        _modelfleet("device", "ping", "lab-1")
     finally:
+        for proc in agents:
+            proc.send_signal(signal.SIGTERM)
+        for proc in agents:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         hub.send_signal(signal.SIGINT)
         try:
             hub.wait(timeout=15)
         except subprocess.TimeoutExpired:
             hub.kill()
     print(
-        f"\nDone: the hub is stopped, its data is kept in .demo/hub.\n"
+        f"\nDone in {time.monotonic() - started:.0f} s: agents and hub are stopped; data is kept in .demo/.\n"
         "Try next:\n"
-        "  .venv/bin/modelfleet hub up --data-dir .demo/hub          # bring it back\n"
+        "  .venv/bin/modelfleet hub up --data-dir .demo/hub          # bring the hub back\n"
         "  cd .demo/workspace && ../../.venv/bin/modelfleet model list --json\n"
+        "  cd .demo/workspace && ../../.venv/bin/modelfleet serve --module iris-service  # serve it here\n"
         f"  skopeo inspect --tls-verify=false --raw docker://127.0.0.1:{registry_port}/modules/iris-service:1\n"
-        "  read README.md for the step-by-step walk through"
+        "  README.md walks through every step by hand; docs/ has the details"
     )
     return 0
 
