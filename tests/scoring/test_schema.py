@@ -110,7 +110,8 @@ def test_decorated_run_called_directly_converts_like_the_host():
 
 
 def test_pandas_samples_accept_records_and_name_missing_columns():
-    pd = pytest.importorskip("pandas")
+    import pandas as pd
+
     from modules.scoring import PandasParameterType
 
     kind = PandasParameterType(pd.DataFrame({"a": [1.0], "b": ["x"]}))
