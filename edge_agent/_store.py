@@ -34,6 +34,7 @@ from modules.oci import RegistryClient, sha256_bytes, sha256_file
 from modules.oci import _media_types as mt
 from modules.oci._digest import check_digest
 from modules.spec import ModuleSpec
+from modules.unpack import UnpackedModule
 
 log = logging.getLogger(__name__)
 
@@ -73,27 +74,8 @@ class CorruptArtifactError(ModelfleetError):
     """
 
 
-@dataclass(frozen=True)
-class StoredModule:
-    """A complete module on disk; its paths are what the runtimes hand to the scoring host."""
-
-    digest: str
-    spec: ModuleSpec
-    root: Path
-
-    @property
-    def model_dir(self) -> Path:
-        """What `AZUREML_MODEL_DIR` points at: model files are under `<model>/<path>`."""
-        return self.root / "models"
-
-    @property
-    def code_dir(self) -> Path:
-        return self.root / "code"
-
-    @property
-    def entry_script(self) -> Path | None:
-        """None for a zero-code module, which the scoring host serves from its lone ONNX file."""
-        return None if self.spec.entry_script is None else self.code_dir / self.spec.entry_script
+# A complete module on disk: the same layout `modules.unpack` produces on a workstation.
+StoredModule = UnpackedModule
 
 
 @dataclass(frozen=True)

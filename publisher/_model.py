@@ -21,10 +21,10 @@ from modules.onnx_signature import inspect_onnx
 from publisher._versions import (
     check_name,
     gather_limited,
-    get_manifest,
+    named_versions,
     next_version,
+    read_config,
     resolve_version,
-    versions,
 )
 from publisher._workspace import Workspace
 
@@ -162,12 +162,8 @@ class Model:
     @classmethod
     async def _load(cls, workspace: Workspace, client: RegistryClient, name: str, version: int) -> Model:
         repository = MODEL_REPOSITORY_PREFIX + name
-        manifest = await get_manifest(client, repository, version, "model")
-        body = manifest.json()
-        if body.get("config", {}).get("mediaType") != mt.MODEL_CONFIG:
-            raise InvalidModelError(f"{repository}:{version} is not a modelfleet model artifact")
-        raw = await client.get_blob(repository, body["config"]["digest"])
-        return cls._from_config(workspace, ModelConfig.model_validate_json(raw), manifest.digest)
+        raw, digest = await read_config(client, repository, version, "model", mt.MODEL_CONFIG)
+        return cls._from_config(workspace, ModelConfig.model_validate_json(raw), digest)
 
     @classmethod
     async def _get_async(cls, workspace: Workspace, name: str, version: int | None = None) -> Model:
@@ -200,17 +196,7 @@ class Model:
     ) -> list[Model]:
         filters = parse_tag_filters(tags)
         async with workspace.registry_client() as client:
-            if name is not None:
-                names = [check_name(name, "model")]
-            else:
-                repos = await client.catalog()
-                names = sorted(
-                    r[len(MODEL_REPOSITORY_PREFIX) :] for r in repos if r.startswith(MODEL_REPOSITORY_PREFIX)
-                )
-            wanted: list[tuple[str, int]] = []
-            for model_name in names:
-                numbers = await versions(client, MODEL_REPOSITORY_PREFIX + model_name)
-                wanted += [(model_name, n) for n in (numbers[-1:] if latest else numbers)]
+            wanted = await named_versions(client, MODEL_REPOSITORY_PREFIX, name, "model", latest)
             models = await gather_limited([cls._load(workspace, client, n, v) for n, v in wanted])
         return [m for m in models if _matches(m.config.tags, filters)]
 

@@ -30,11 +30,11 @@ from publisher._package import (
 from publisher._versions import (
     check_name,
     gather_limited,
-    get_manifest,
+    named_versions,
     next_version,
     parse_ref,
+    read_config,
     resolve_version,
-    versions,
 )
 from publisher._workspace import Workspace
 
@@ -191,12 +191,8 @@ class Module:
     @classmethod
     async def _load(cls, workspace: Workspace, client: RegistryClient, name: str, version: int) -> Module:
         repository = MODULE_REPOSITORY_PREFIX + name
-        manifest = await get_manifest(client, repository, version, "module")
-        body = manifest.json()
-        if body.get("config", {}).get("mediaType") != mt.MODULE_CONFIG:
-            raise InvalidPackageError(f"{repository}:{version} is not a modelfleet module artifact")
-        raw = await client.get_blob(repository, body["config"]["digest"])
-        return cls._from_spec(workspace, ModuleSpec.model_validate_json(raw), manifest.digest)
+        raw, digest = await read_config(client, repository, version, "module", mt.MODULE_CONFIG)
+        return cls._from_spec(workspace, ModuleSpec.model_validate_json(raw), digest)
 
     @classmethod
     async def get_async(cls, workspace: Workspace, name: str, version: int | None = None) -> Module:
@@ -214,15 +210,7 @@ class Module:
         cls, workspace: Workspace, name: str | None = None, latest: bool = False
     ) -> list[Module]:
         async with workspace.registry_client() as client:
-            if name is not None:
-                names = [check_name(name, "module")]
-            else:
-                prefix = MODULE_REPOSITORY_PREFIX
-                names = sorted(r[len(prefix) :] for r in await client.catalog() if r.startswith(prefix))
-            wanted: list[tuple[str, int]] = []
-            for module_name in names:
-                numbers = await versions(client, MODULE_REPOSITORY_PREFIX + module_name)
-                wanted += [(module_name, n) for n in (numbers[-1:] if latest else numbers)]
+            wanted = await named_versions(client, MODULE_REPOSITORY_PREFIX, name, "module", latest)
             return await gather_limited([cls._load(workspace, client, n, v) for n, v in wanted])
 
 

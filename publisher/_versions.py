@@ -73,3 +73,29 @@ async def gather_limited(coros: list, limit: int = 8) -> list:  # type: ignore[t
             return await coro
 
     return await asyncio.gather(*(one(c) for c in coros))
+
+
+async def read_config(
+    client: RegistryClient, repository: str, version: int, label: str, media_type: str
+) -> tuple[bytes, str]:
+    """The config blob of one version and its manifest digest; refuses other kinds of artifact."""
+    manifest = await get_manifest(client, repository, version, label)
+    body = manifest.json()
+    if body.get("config", {}).get("mediaType") != media_type:
+        raise NotFoundError(f"{repository}:{version} is not a modelfleet {label} artifact")
+    return await client.get_blob(repository, body["config"]["digest"]), manifest.digest
+
+
+async def named_versions(
+    client: RegistryClient, prefix: str, name: str | None, label: str, latest: bool
+) -> list[tuple[str, int]]:
+    """(name, version) pairs under a repository prefix, every version or only the latest."""
+    if name is not None:
+        names = [check_name(name, label)]
+    else:
+        names = sorted(r[len(prefix) :] for r in await client.catalog() if r.startswith(prefix))
+    wanted: list[tuple[str, int]] = []
+    for each in names:
+        numbers = await versions(client, prefix + each)
+        wanted += [(each, n) for n in (numbers[-1:] if latest else numbers)]
+    return wanted
