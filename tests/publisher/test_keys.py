@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import threading
+import time
 from pathlib import Path
 
 import aiohttp
@@ -19,25 +19,24 @@ SCORE = Path(__file__).resolve().parents[2] / "examples" / "iris-service" / "sco
 
 
 def _every_retained_message(port: int, idle: float = 1.5) -> dict[str, bytes]:
-    """All retained messages the broker holds, read the way anyone on the broker could."""
+    """All retained messages the broker holds, read the way anyone on the broker could: subscribe
+    to everything and stop once nothing has arrived for `idle` seconds."""
     seen: dict[str, bytes] = {}
-    quiet = threading.Event()
+    last = [time.monotonic()]
     client = mqtt_client(f"reader-{os.urandom(3).hex()}")
 
     def on_message(_c, _u, msg) -> None:  # type: ignore[no-untyped-def]
         if msg.retain:
             seen[msg.topic] = msg.payload
-        quiet.clear()
+        last[0] = time.monotonic()
 
     client.on_message = on_message
     client.connect("127.0.0.1", port)
     client.subscribe("#", qos=1)
     client.loop_start()
     try:
-        while True:
-            quiet.set()
-            if quiet.wait(idle) and quiet.is_set():
-                break
+        while time.monotonic() - last[0] < idle:
+            time.sleep(0.1)
     finally:
         client.loop_stop()
         client.disconnect()
