@@ -73,7 +73,7 @@ class Model:
     """One registered model version."""
 
     def __init__(self, workspace: Workspace, name: str, version: int | None = None) -> None:
-        loaded = asyncio.run(Model._get_async(workspace, name, version))
+        loaded = asyncio.run(Model.get_async(workspace, name, version))
         self.__dict__.update(loaded.__dict__)
 
     @classmethod
@@ -166,15 +166,12 @@ class Model:
         return cls._from_config(workspace, ModelConfig.model_validate_json(raw), digest)
 
     @classmethod
-    async def _get_async(cls, workspace: Workspace, name: str, version: int | None = None) -> Model:
+    async def get_async(cls, workspace: Workspace, name: str, version: int | None = None) -> Model:
         check_name(name, "model")
         async with workspace.registry_client() as client:
             number = await resolve_version(client, MODEL_REPOSITORY_PREFIX + name, version, "model")
             return await cls._load(workspace, client, name, number)
 
-    @classmethod
-    async def get_async(cls, workspace: Workspace, name: str, version: int | None = None) -> Model:
-        return await cls._get_async(workspace, name, version)
 
     @classmethod
     def list(
