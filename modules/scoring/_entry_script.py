@@ -24,6 +24,7 @@ import numpy as np
 
 from .._errors import ConfigError
 from . import _json as fast_json
+from . import _script_json
 from ._errors import BadRequestError, RunFailedError, ScoringError
 from ._handler import Handler, json_reply
 from ._raw_http import AMLRequest, AMLResponse, install_azureml_aliases, wants_raw_request
@@ -61,6 +62,8 @@ class EntryScriptHandler(Handler):
         os.environ["MODELFLEET_MODEL_DIR"] = model_dir
         assert self.settings.entry_script is not None
         module = load_script(self.settings.entry_script)
+        if _script_json.accelerate(module):
+            log.info("the script's json.loads goes through orjson (%s=stdlib: off)", _script_json.SWITCH)
         for name in ("init", "run"):
             if not callable(getattr(module, name, None)):
                 raise ConfigError(f"entry script {module.__file__} has no {name}() function")
