@@ -1,9 +1,14 @@
 """Dynamic batching: concurrent requests share one ONNX Runtime call.
 
 Small models spend most of a call on fixed overhead, so eight one-row requests cost about as much
-as one eight-row request. Requests wait at most `max_wait_ms` for company; requests whose inputs
-cannot be stacked (different trailing shapes or dtypes) go in separate batches. Several batches
-may be in flight at once, up to the number of inference workers.
+as one eight-row request. A batch leaves when it is full, when its oldest request has waited
+`max_wait_ms` for company, or at once when its requests queued behind a running batch: those
+have waited already, and holding them longer would leave the model idle for nothing. Requests
+whose inputs cannot be stacked (different trailing shapes or dtypes) go in separate batches.
+Up to `max_in_flight` batches run at once, one per inference worker.
+
+All bookkeeping is callbacks on the event loop (no collector task, no task per batch): on a
+small model the batcher's own overhead decides whether batching pays at all.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -30,6 +36,9 @@ class _Pending:
     feeds: Feeds
     rows: int
     key: tuple
+    arrived: float
+    # Queued while every worker was busy: it goes as soon as one frees, without waiting more.
+    queued_behind_a_batch: bool
     future: asyncio.Future = field(repr=False)
 
 
@@ -52,87 +61,102 @@ class DynamicBatcher:
         self._max_rows = max_batch_size
         self._max_wait = max_wait_ms / 1000.0
         self._executor = executor
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self._free_workers = max_in_flight
         self._on_batch = on_batch
         self._pending: collections.deque[_Pending] = collections.deque()
-        self._arrived = asyncio.Event()
-        self._collector: asyncio.Task | None = None
-        self._running: set[asyncio.Task] = set()
+        self._pending_rows = 0
+        self._wakeup: asyncio.Handle | None = None
+        self._running: set[asyncio.Future] = set()
+        self._closed = False
 
     def start(self) -> None:
-        self._collector = asyncio.create_task(self._collect(), name="modelfleet-batcher")
+        self._loop = asyncio.get_running_loop()
 
     async def close(self) -> None:
-        if self._collector is not None:
-            self._collector.cancel()
-            await asyncio.gather(self._collector, return_exceptions=True)
-        for task in list(self._running):
-            await asyncio.gather(task, return_exceptions=True)
-        for item in self._pending:
+        self._closed = True
+        if self._wakeup is not None:
+            self._wakeup.cancel()
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        while self._pending:
+            item = self._pending.popleft()
             if not item.future.done():
                 item.future.set_exception(RunFailedError("scoring host is shutting down"))
 
     async def submit(self, feeds: Feeds) -> dict[str, np.ndarray]:
+        if self._closed:
+            raise RunFailedError("scoring host is shutting down")
         rows = next(iter(feeds.values())).shape[0] if feeds else 1
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(feeds, rows, _stack_key(feeds), future))
-        self._arrived.set()
+        loop = self._loop
+        future = loop.create_future()
+        item = _Pending(feeds, rows, _stack_key(feeds), loop.time(), self._free_workers == 0, future)
+        self._pending.append(item)
+        self._pending_rows += rows
+        if self._free_workers and self._wakeup is None:
+            # Not at once: requests parsed in this same turn of the loop may still join.
+            self._wakeup = loop.call_soon(self._pump)
         return await future
 
-    async def _collect(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            while not self._pending:
-                self._arrived.clear()
-                await self._arrived.wait()
-            # Waiting for a free slot first lets requests pile up while all workers are busy,
-            # which is exactly when batching pays.
-            await self._slots.acquire()
-            first = self._pending.popleft()
-            batch, rows = [first], first.rows
-            deadline = loop.time() + self._max_wait
-            while rows < self._max_rows:
-                if self._pending:
-                    candidate = self._pending[0]
-                    if candidate.key != first.key or rows + candidate.rows > self._max_rows:
-                        break
-                    batch.append(self._pending.popleft())
-                    rows += candidate.rows
-                    continue
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                self._arrived.clear()
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), remaining)
-                except TimeoutError:
-                    break
-            task = asyncio.create_task(self._execute(batch, rows))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+    def _pump(self) -> None:
+        """Send every batch that may go now; otherwise wake up when the oldest one is due."""
+        if self._wakeup is not None:
+            self._wakeup.cancel()
+            self._wakeup = None
+        while self._free_workers and self._pending:
+            first = self._pending[0]
+            if first.future.done():  # timed out or cancelled while queued
+                self._pending.popleft()
+                self._pending_rows -= first.rows
+                continue
+            due = first.arrived + self._max_wait
+            if (
+                first.queued_behind_a_batch
+                or self._pending_rows >= self._max_rows
+                or self._loop.time() >= due
+            ):
+                self._dispatch()
+            else:
+                self._wakeup = self._loop.call_at(due, self._pump)
+                return
 
-    async def _execute(self, batch: list[_Pending], rows: int) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            live = [item for item in batch if not item.future.done()]  # timed out meanwhile
-            if not live:
-                return
-            rows = sum(item.rows for item in live)
-            try:
-                outputs = await loop.run_in_executor(self._executor, self._run_merged, live, rows)
-            except Exception as exc:
-                for item in live:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                return
-            for item, result in zip(live, outputs, strict=True):
-                if not item.future.done():
-                    item.future.set_result(result)
-        finally:
-            self._slots.release()
+    def _dispatch(self) -> None:
+        first = self._pending.popleft()
+        batch, rows = [first], first.rows
+        while self._pending and rows < self._max_rows:
+            candidate = self._pending[0]
+            if candidate.future.done():
+                self._pending.popleft()
+                self._pending_rows -= candidate.rows
+                continue
+            if candidate.key != first.key or rows + candidate.rows > self._max_rows:
+                break
+            batch.append(self._pending.popleft())
+            rows += candidate.rows
+        self._pending_rows -= rows
+        self._free_workers -= 1
+        self._on_batch(rows)
+        running = self._loop.run_in_executor(self._executor, self._run_merged, batch, rows)
+        self._running.add(running)
+        running.add_done_callback(partial(self._finished, batch))
+
+    def _finished(self, batch: list[_Pending], running: asyncio.Future) -> None:
+        self._running.discard(running)
+        self._free_workers += 1
+        error = running.exception() if not running.cancelled() else RunFailedError("inference cancelled")
+        outputs = None if error is not None else running.result()
+        for i, item in enumerate(batch):
+            if item.future.done():
+                continue
+            if outputs is None:
+                item.future.set_exception(error)
+            else:
+                item.future.set_result(outputs[i])
+        for item in self._pending:  # they queued behind this batch
+            item.queued_behind_a_batch = True
+        if not self._closed:
+            self._pump()
 
     def _run_merged(self, batch: list[_Pending], rows: int) -> list[dict[str, np.ndarray]]:
-        self._on_batch(rows)
         if len(batch) == 1:
             return [self._run_batch(batch[0].feeds)]
         merged = {

@@ -1,4 +1,5 @@
 import asyncio
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -70,6 +71,100 @@ async def test_a_failing_batch_fails_each_of_its_requests():
     results = await _batched(broken, [{"x": np.ones((1, 1))}, {"x": np.ones((1, 1))}])
 
     assert all(isinstance(r, RunFailedError) for r in results)
+
+
+class _GatedModel:
+    """Blocks each call until released, so a test can queue requests behind a running batch."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+        self.gate = threading.Event()
+
+    def __call__(self, feeds):
+        self.calls.append(feeds["x"].shape[0])
+        self.gate.wait(30)
+        return {"y": feeds["x"] * 2}
+
+
+def _one_row(i: int) -> dict:
+    return {"x": np.full((1, 2), i, dtype=np.float32)}
+
+
+async def test_requests_queued_behind_a_running_batch_go_as_soon_as_it_ends():
+    model = _GatedModel()
+    with ThreadPoolExecutor(1) as executor:
+        # A minute's wait for company: only the queued-behind rule can send these batches.
+        batcher = DynamicBatcher(
+            model, max_batch_size=2, max_wait_ms=60_000, executor=executor, max_in_flight=1
+        )
+        batcher.start()
+        first = [asyncio.ensure_future(batcher.submit(_one_row(i))) for i in range(2)]  # full: goes
+        await asyncio.sleep(0.05)
+        queued = [asyncio.ensure_future(batcher.submit(_one_row(i))) for i in range(2, 5)]
+        await asyncio.sleep(0.05)
+        assert model.calls == [2]
+
+        model.gate.set()
+        results = await asyncio.wait_for(asyncio.gather(*first, *queued), 10)
+        await batcher.close()
+
+    assert model.calls == [2, 2, 1]
+    assert [r["y"][0][0] for r in results] == [0.0, 2.0, 4.0, 6.0, 8.0]
+
+
+async def test_a_request_on_an_idle_model_waits_for_company():
+    calls: list[int] = []
+    with ThreadPoolExecutor(1) as executor:
+        batcher = DynamicBatcher(
+            _doubling_model(calls), max_batch_size=8, max_wait_ms=300, executor=executor, max_in_flight=1
+        )
+        batcher.start()
+        early = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 3), dtype=np.float32)}))
+        await asyncio.sleep(0.05)
+        late = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 3), dtype=np.float32)}))
+        await asyncio.gather(early, late)
+        await batcher.close()
+
+    assert calls == [2]
+
+
+async def test_a_request_cancelled_while_queued_is_left_out_of_the_batch():
+    model = _GatedModel()
+    with ThreadPoolExecutor(1) as executor:
+        batcher = DynamicBatcher(model, max_batch_size=1, max_wait_ms=0, executor=executor, max_in_flight=1)
+        batcher.start()
+        running = asyncio.ensure_future(batcher.submit(_one_row(0)))
+        await asyncio.sleep(0.05)
+        gone = asyncio.ensure_future(batcher.submit(_one_row(1)))
+        kept = asyncio.ensure_future(batcher.submit(_one_row(2)))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        model.gate.set()
+        await asyncio.wait_for(asyncio.gather(running, kept), 10)
+        await batcher.close()
+
+    assert model.calls == [1, 1]
+    assert kept.result()["y"][0][0] == 4.0
+
+
+async def test_closing_fails_what_is_still_queued():
+    model = _GatedModel()
+    with ThreadPoolExecutor(1) as executor:
+        batcher = DynamicBatcher(model, max_batch_size=1, max_wait_ms=0, executor=executor, max_in_flight=1)
+        batcher.start()
+        running = asyncio.ensure_future(batcher.submit(_one_row(0)))
+        await asyncio.sleep(0.05)
+        queued = asyncio.ensure_future(batcher.submit(_one_row(1)))
+        await asyncio.sleep(0.01)
+        closing = asyncio.ensure_future(batcher.close())
+        model.gate.set()
+        await asyncio.wait_for(closing, 10)
+
+        assert running.result()["y"][0][0] == 0.0
+        with pytest.raises(RunFailedError, match="shutting down"):
+            await queued
+        with pytest.raises(RunFailedError, match="shutting down"):
+            await batcher.submit(_one_row(2))
 
 
 def test_batching_host_answers_concurrent_clients_correctly(serve_host):
