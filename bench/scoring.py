@@ -15,7 +15,9 @@ on first use (it pins Flask/gunicorn versions that must not meet the project's e
 run with its defaults: WORKER_COUNT=1 (one gunicorn sync worker), WORKER_TIMEOUT=300, access log
 to stdout (discarded here). Only AZUREML_LOG_LEVEL=WARNING is set, which spares it log lines.
 modelfleet runs as `modelfleet serve` with its defaults (processes = CPUs, inference threads
-shared out over them); the batching row turns on a non-default setting and is labelled so.
+shared out over them, the script's json.loads through the host's exact fast parser); the
+"script json stdlib" row turns that parser off for the script, and the batching row turns on a
+non-default setting; both are labelled so.
 The client's own CPU use is printed per row ("client cpu", in cores) to show it is not the limit.
 """
 
@@ -274,11 +276,14 @@ def main() -> int:
         "cpu",
     ]
     quiet = {"AZUREML_LOG_LEVEL": "WARNING"}
+    # The host's fast json.loads for the script turned off: what the rest of the host gives.
+    stdlib_json = {"MODELFLEET_SCRIPT_JSON": "stdlib"}
     entry = [*modelfleet, "--entry-script", str(SCRIPT)]
     servers = [
         Server("azureml 1.5.1, entry script, c=8", azmlinfsrv, quiet, 8),
         Server("modelfleet, entry script, c=8", entry, {}, 8),
         Server("modelfleet, entry script, 1 process, c=8", [*entry, "--processes", "1"], {}, 8),
+        Server("modelfleet, entry script, script json stdlib, c=8", entry, stdlib_json, 8),
         Server("modelfleet, zero-code ONNX, c=8", modelfleet, {}, 8),
         Server("azureml 1.5.1, entry script, c=32", azmlinfsrv, quiet, 32),
         Server("modelfleet, entry script, c=32", entry, {}, 32),
@@ -295,14 +300,14 @@ def main() -> int:
         f"{args.runs} runs x {args.seconds:g} s each, load generator: {args.client}, medians\n"
     )
     print(f"modelfleet defaults here: {os.cpu_count()} processes (modelfleet serve --processes)")
-    print(f"{'server':<48} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'client cpu':>10}  runs (req/s)")
+    print(f"{'server':<52} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'client cpu':>10}  runs (req/s)")
     results: dict[str, dict] = {}
     for server in servers:
         summary = measure(server, body_file, args.runs, args.seconds)
         results[server.label] = summary
         errors = f"  errors={summary['errors']}" if summary["errors"] else ""
         print(
-            f"{server.label:<48} {summary['throughput']:>8.1f} {summary['p50_ms']:>8.2f} "
+            f"{server.label:<52} {summary['throughput']:>8.1f} {summary['p50_ms']:>8.2f} "
             f"{summary['p99_ms']:>8.2f} {summary['client_cpu']:>10.2f}  {summary['runs']}{errors}",
             flush=True,
         )
@@ -324,6 +329,10 @@ def main() -> int:
         ratio("modelfleet, entry script, 1 process, c=8", "azureml 1.5.1, entry script, c=8"),
     )
     print(
+        "c=8  entry, stdlib json in the script:",
+        ratio("modelfleet, entry script, script json stdlib, c=8", "azureml 1.5.1, entry script, c=8"),
+    )
+    print(
         "c=32 entry script   :", ratio("modelfleet, entry script, c=32", "azureml 1.5.1, entry script, c=32")
     )
     print(
@@ -333,6 +342,10 @@ def main() -> int:
     print(
         "c=32 batching       :",
         ratio("modelfleet, zero-code + batching 32/2ms, c=32", "azureml 1.5.1, entry script, c=32"),
+    )
+    print(
+        "c=32 batching vs the same host without it:",
+        ratio("modelfleet, zero-code + batching 32/2ms, c=32", "modelfleet, zero-code ONNX, c=32"),
     )
     return 0
 
