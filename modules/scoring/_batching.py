@@ -66,6 +66,7 @@ class DynamicBatcher:
         self._pending: collections.deque[_Pending] = collections.deque()
         self._pending_rows = 0
         self._wakeup: asyncio.Handle | None = None
+        self._wakeup_is_soon = False
         self._running: set[asyncio.Future] = set()
         self._closed = False
 
@@ -92,9 +93,13 @@ class DynamicBatcher:
         item = _Pending(feeds, rows, _stack_key(feeds), loop.time(), self._free_workers == 0, future)
         self._pending.append(item)
         self._pending_rows += rows
-        if self._free_workers and self._wakeup is None:
+        no_timer_or_full = self._wakeup is None or self._pending_rows >= self._max_rows
+        if self._free_workers and not self._wakeup_is_soon and no_timer_or_full:
+            if self._wakeup is not None:
+                self._wakeup.cancel()  # a timer, and the batch just filled up
             # Not at once: requests parsed in this same turn of the loop may still join.
             self._wakeup = loop.call_soon(self._pump)
+            self._wakeup_is_soon = True
         return await future
 
     def _pump(self) -> None:
@@ -102,6 +107,7 @@ class DynamicBatcher:
         if self._wakeup is not None:
             self._wakeup.cancel()
             self._wakeup = None
+            self._wakeup_is_soon = False
         while self._free_workers and self._pending:
             first = self._pending[0]
             if first.future.done():  # timed out or cancelled while queued

@@ -128,6 +128,22 @@ async def test_a_request_on_an_idle_model_waits_for_company():
     assert calls == [2]
 
 
+async def test_a_batch_that_fills_up_goes_without_waiting_out_the_timer():
+    calls: list[int] = []
+    with ThreadPoolExecutor(1) as executor:
+        batcher = DynamicBatcher(
+            _doubling_model(calls), max_batch_size=2, max_wait_ms=60_000, executor=executor, max_in_flight=1
+        )
+        batcher.start()
+        early = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 3), dtype=np.float32)}))
+        await asyncio.sleep(0.05)
+        late = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 3), dtype=np.float32)}))
+        await asyncio.wait_for(asyncio.gather(early, late), 10)
+        await batcher.close()
+
+    assert calls == [2]
+
+
 async def test_a_request_cancelled_while_queued_is_left_out_of_the_batch():
     model = _GatedModel()
     with ThreadPoolExecutor(1) as executor:
