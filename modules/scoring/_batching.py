@@ -2,8 +2,8 @@
 
 Small models spend most of a call on fixed overhead, so eight one-row requests cost about as much
 as one eight-row request. A batch leaves when it is full, when its oldest request has waited
-`max_wait_ms` for company, or at once when its requests queued behind a running batch: those
-have waited already, and holding them longer would leave the model idle for nothing. Requests
+`max_wait_ms` for company, or at once when a running batch ends: requests queued behind it have
+waited already, and holding them longer would leave the model idle for nothing. Requests
 whose inputs cannot be stacked (different trailing shapes or dtypes) go in separate batches.
 Up to `max_in_flight` batches run at once, one per inference worker.
 
@@ -139,9 +139,16 @@ class DynamicBatcher:
             batch.append(self._pending.popleft())
             rows += candidate.rows
         self._pending_rows -= rows
+        try:
+            self._on_batch(rows)
+            running = self._loop.run_in_executor(self._executor, self._run_merged, batch, rows)
+        except Exception as exc:  # e.g. the executor already shut down: fail these, keep the slot
+            log.exception("could not start a batch of %d requests", len(batch))
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(RunFailedError(f"could not run the model: {exc}"))
+            return
         self._free_workers -= 1
-        self._on_batch(rows)
-        running = self._loop.run_in_executor(self._executor, self._run_merged, batch, rows)
         self._running.add(running)
         running.add_done_callback(partial(self._finished, batch))
 

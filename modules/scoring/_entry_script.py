@@ -63,7 +63,10 @@ class EntryScriptHandler(Handler):
         assert self.settings.entry_script is not None
         module = load_script(self.settings.entry_script)
         if _script_json.accelerate(module):
-            log.info("the script's json.loads goes through orjson (%s=stdlib: off)", _script_json.SWITCH)
+            log.info(
+                "json.loads goes through orjson where it answers the same (%s=stdlib: off)",
+                _script_json.SWITCH,
+            )
         for name in ("init", "run"):
             if not callable(getattr(module, name, None)):
                 raise ConfigError(f"entry script {module.__file__} has no {name}() function")
@@ -84,6 +87,9 @@ class EntryScriptHandler(Handler):
         log.info("entry script %s loaded; run() takes the %s", module.__file__, mode)
         module.init()
         log.info("init() completed")
+
+    async def close(self) -> None:
+        _script_json.restore()  # for hosts embedded in a longer-lived process
 
     async def score(self, request: AMLRequest) -> AMLResponse:
         loop = asyncio.get_running_loop()

@@ -14,6 +14,8 @@ ML's text, `NaN` included); `dumps_finite` is for values the host builds itself 
 from __future__ import annotations
 
 import json
+import re
+import sys
 from typing import Any
 
 import numpy as np
@@ -26,53 +28,108 @@ except ImportError:  # pragma: no cover - exercised where orjson is not installe
 HAVE_ORJSON = orjson is not None
 stdlib_loads = json.loads
 
-# Digits become b"d", everything else b" ": one C pass, then substring searches for long runs.
-_DIGIT_MAP = bytes(ord("d") if 48 <= i <= 57 else ord(" ") for i in range(256))
+# One C pass marks what matters: digits b"d", what can come right before or after a digit run
+# inside a number (. e + -) as itself, openers ([ and {) as b"[", anything else b" ".
+_MARKS = bytearray(b" " * 256)
+_MARKS[ord("0") : ord("9") + 1] = b"d" * 10
+for _char, _mark in ((".", "."), ("e", "e"), ("E", "e"), ("+", "+"), ("-", "-"), ("[", "["), ("{", "[")):
+    _MARKS[ord(_char)] = ord(_mark)
+_MARKS = bytes(_MARKS)
 _LONG_RUN = b"d" * 19
-_MAX_RUNS_CHECKED = 64  # past that, let the standard library read it rather than loop here
+# An integer literal follows a separator (an opener or b" "), with or without a sign.
+_LONG_INTEGER = tuple(sep + sign + _LONG_RUN for sep in (b" ", b"[") for sign in (b"", b"-"))
+_RUN_REST = re.compile(rb"d*")
+_RUNS_LOOKED_AT_ONE_BY_ONE = 8
+_ORJSON_MAX_DEPTH = 1024
+_STACK_MARGIN = 64  # frames between here and the standard library's scanner, and then some
 
 
-def may_hold_long_integer(text: bytes) -> bool:
-    """True if `text` may hold an integer literal of 19+ digits (a false alarm is only slower).
+def _long_integer_in(marks: bytes) -> bool:
+    """True if `marks` (see _MARKS, with a leading b" ") may hold an integer of 19+ digits.
 
-    A long run of digits in a fraction (`0.0010000000474974513`, common in float32 data), an
-    exponent, or before a `.` or `e` is a float to both parsers and needs no fallback.
+    A long run of digits in a fraction (`0.0010000000474974513`, common in float32 data) or an
+    exponent is a float to both parsers; so is one followed by `.` or `e`. False alarms only
+    cost speed: that text goes to the standard library.
     """
-    runs = text.translate(_DIGIT_MAP)
-    start = runs.find(_LONG_RUN)
-    checked = 0
-    while start != -1:
-        checked += 1
-        if checked > _MAX_RUNS_CHECKED:
+    at = marks.find(_LONG_RUN)
+    if at == -1:
+        return False
+    for _ in range(_RUNS_LOOKED_AT_ONE_BY_ONE):  # the usual case: a few runs, all fractions
+        before = marks[at - 1 : at]
+        if before == b"-" and marks[at - 2 : at - 1] != b"e":
+            before = b" "  # a sign, not an exponent's
+        end = _RUN_REST.match(marks, at).end()
+        if before in (b" ", b"[") and marks[end : end + 1] not in (b".", b"e"):
             return True
-        end = runs.find(b" ", start)
-        if end == -1:
-            end = len(runs)
-        before = text[start - 1 : start]
-        if before == b"-" and text[start - 2 : start - 1] not in (b"e", b"E"):
-            before = b""  # a sign, not an exponent's
-        in_fraction_or_exponent = before in (b".", b"e", b"E", b"+", b"-")
-        integer_part_of_float = text[end : end + 1] in (b".", b"e", b"E")
-        if not in_fraction_or_exponent and not integer_part_of_float:
-            return True
-        start = runs.find(_LONG_RUN, end)
+        at = marks.find(_LONG_RUN, end)
+        if at == -1:
+            return False
+    # Many long runs (float32 data of small values): substring searches instead of a loop.
+    for needle in _LONG_INTEGER:
+        at = marks.find(needle)
+        for _ in range(_RUNS_LOOKED_AT_ONE_BY_ONE):
+            if at == -1:
+                break
+            end = _RUN_REST.match(marks, at + len(needle)).end()
+            if marks[end : end + 1] not in (b".", b"e"):
+                return True
+            at = marks.find(needle, end)
+        else:
+            if at != -1:
+                return True  # more integer parts of long floats than worth checking
     return False
+
+
+def _stack_depth() -> int:
+    depth, frame = 0, sys._getframe(1)
+    while frame is not None:
+        depth, frame = depth + 1, frame.f_back
+    return depth
+
+
+def _deepest_nesting(data: bytes) -> int:
+    """How deep `data` nests, counting only brackets outside strings; huge when unsure."""
+    if b"\\" in data:
+        return sys.maxsize  # an escaped quote would fool the split below
+    outside_strings = np.frombuffer(b"".join(data.split(b'"')[::2]), dtype=np.uint8)
+    opens = (outside_strings == ord("[")) | (outside_strings == ord("{"))
+    closes = (outside_strings == ord("]")) | (outside_strings == ord("}"))
+    steps = opens.astype(np.int32) - closes
+    return int(np.cumsum(steps).max()) if steps.size else 0
+
+
+def _nesting_fits(data: bytes, marks: bytes) -> bool:
+    """False where the standard library would run out of stack but orjson would not.
+
+    The standard library raises RecursionError past the stack the caller has left, orjson only
+    past 1024 levels: a document in between must get the standard library's error.
+    """
+    room = sys.getrecursionlimit() - _stack_depth() - _STACK_MARGIN
+    if room > _ORJSON_MAX_DEPTH:
+        return True
+    if marks.count(b"[") < room:  # it cannot nest deeper than it has openers
+        return True
+    return _deepest_nesting(data) < room
 
 
 def loads(s: str | bytes | bytearray, *args: Any, **kwargs: Any) -> Any:
     """`json.loads`: the same values and errors, answered by orjson wherever that is safe."""
     if args or kwargs or orjson is None:
         return stdlib_loads(s, *args, **kwargs)
-    if isinstance(s, str):
+    kind = type(s)  # exact types: a subclass may override encode() or __bytes__
+    if kind is str:
         try:
-            data = s.encode("utf-8")
+            data = s.encode("utf-8")  # type: ignore[union-attr]
         except UnicodeEncodeError:  # lone surrogates: only the standard library takes them
             return stdlib_loads(s)
-    elif isinstance(s, bytes | bytearray):
+    elif kind is bytes:
+        data = s  # type: ignore[assignment]
+    elif kind is bytearray:
         data = bytes(s)
     else:
-        return stdlib_loads(s)  # raises the standard library's TypeError
-    if may_hold_long_integer(data):
+        return stdlib_loads(s)  # other types: the standard library's answer or TypeError
+    marks = (b" " + data).translate(_MARKS)
+    if _long_integer_in(marks) or not _nesting_fits(data, marks):
         return stdlib_loads(s)
     try:
         return orjson.loads(data)

@@ -183,6 +183,33 @@ async def test_closing_fails_what_is_still_queued():
             await batcher.submit(_one_row(2))
 
 
+async def test_a_batch_that_cannot_start_fails_its_requests_and_keeps_the_worker():
+    calls: list[int] = []
+    broken_metrics = [True]
+
+    def on_batch(rows: int) -> None:
+        if broken_metrics[0]:
+            raise RuntimeError("metrics broke")
+
+    with ThreadPoolExecutor(1) as executor:
+        batcher = DynamicBatcher(
+            _doubling_model(calls),
+            max_batch_size=4,
+            max_wait_ms=0,
+            executor=executor,
+            max_in_flight=1,
+            on_batch=on_batch,
+        )
+        batcher.start()
+        with pytest.raises(RunFailedError, match="metrics broke"):
+            await asyncio.wait_for(batcher.submit(_one_row(1)), 10)
+        broken_metrics[0] = False
+        result = await asyncio.wait_for(batcher.submit(_one_row(3)), 10)
+        await batcher.close()
+
+    assert result["y"][0][0] == 6.0 and calls == [1]
+
+
 def test_batching_host_answers_concurrent_clients_correctly(serve_host):
     host = serve_host(model_dir=IRIS_DIR, batching={"max_batch_size": 8, "max_wait_ms": 20})
     rows = [[5.1, 3.5, 1.4, 0.2], [6.3, 3.3, 6.0, 2.5], [7.0, 3.2, 4.7, 1.4]]

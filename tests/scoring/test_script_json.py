@@ -6,8 +6,10 @@ Differential tests: generated documents, and generated garbage, go through both,
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
+import sys
 import types
 
 import pytest
@@ -41,7 +43,8 @@ def outcome(parse, text):
 
 
 def assert_same_outcome(text):
-    ours, theirs = outcome(_json.loads, text), outcome(json.loads, text)
+    # The original function: json.loads itself is replaced while an entry script is served.
+    ours, theirs = outcome(_json.loads, text), outcome(_json.stdlib_loads, text)
     assert ours[0] == theirs[0], (text, ours, theirs)
     if ours[0] == "value":
         assert same(ours[1], theirs[1]), (text, ours[1], theirs[1])
@@ -109,17 +112,63 @@ def test_arbitrary_bytes_read_or_fail_the_same(data):
         "\ufeff{}",
         '{"a": 1, "a": 2}',
         json.dumps([1.5]).encode("utf-16"),
+        json.dumps([1.5]).encode("utf-32"),
         "[" * 2000 + "]" * 2000,
+        "[" * 1000 + "]" * 1000,  # beyond the standard library's stack, within orjson's 1024 levels
+        '{"a": ' * 990 + "1" + "}" * 990,
+        "[0.0012739233206957579, " * 300 + "12345678901234567890" + "]" * 300,
+        "[" + "0.0012739233206957579, " * 300 + "-12345678901234567890]",
+        "[" + "12345678901234567890.5, " * 300 + "1]",
     ],
 )
 def test_what_orjson_refuses_or_reads_otherwise_is_the_standard_librarys(text):
     assert_same_outcome(text)
 
 
-def test_keywords_and_wrong_types_go_to_the_standard_library():
+def test_nesting_past_a_lowered_recursion_limit_fails_as_in_the_standard_library():
+    texts = ["[" * depth + "]" * depth for depth in (100, 150, 190, 300)]
+    texts.append('{"data": "]]]]", "x": ' + "[" * 300 + "]" * 300 + "}")
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(200)
+    try:
+        outcomes = [(outcome(_json.loads, t), outcome(_json.stdlib_loads, t)) for t in texts]
+    finally:
+        sys.setrecursionlimit(limit)
+
+    assert [ours[0] for ours, _ in outcomes][-2:] == ["error", "error"]
+    for ours, theirs in outcomes:
+        assert ours[0] == theirs[0]
+        if ours[0] == "value":
+            assert same(ours[1], theirs[1])
+        else:
+            assert ours[1][0] is RecursionError and theirs[1][0] is RecursionError
+
+
+class _Text(str):
+    def encode(self, *args, **kwargs):
+        return b"[2]"
+
+
+class _Data(bytes):
+    def __bytes__(self):
+        return b"[2]"
+
+
+def test_keywords_subclasses_and_wrong_types_go_to_the_standard_library():
     assert _json.loads("[1.5]", parse_float=str) == ["1.5"]
-    assert_same_outcome(None)
-    assert_same_outcome(12)
+    assert _json.loads(_Text("[1]")) == [1]
+    assert _json.loads(_Data(b"[1]")) == [1]
+    assert _json.loads(bytearray(b"[1]")) == [1]
+    for value in (None, 12, memoryview(b"[1]")):
+        assert_same_outcome(value)
+
+
+def test_many_long_fractions_still_take_the_fast_path(monkeypatch):
+    body = json.dumps({"data": [0.0012739233206957579 + i * 1e-9 for i in range(800)]})
+    assert body.count("0.00127") == 800
+    monkeypatch.setattr(_json, "stdlib_loads", lambda *a, **k: pytest.fail("fell back to json.loads"))
+
+    assert len(_json.loads(body)["data"]) == 800
 
 
 def test_float32_data_takes_the_fast_path(monkeypatch):
@@ -131,36 +180,45 @@ def test_float32_data_takes_the_fast_path(monkeypatch):
     assert len(_json.loads(body.decode())["data"][0][0]) == 28
 
 
-def _script_module() -> types.ModuleType:
-    module = types.ModuleType("a_script")
-    exec(
-        "import json\nimport json as j\nfrom json import loads, dumps\nfrom json import loads as parse\n",
-        module.__dict__,
-    )
-    return module
-
-
-def test_accelerate_swaps_only_the_scripts_names(monkeypatch):
+@pytest.fixture
+def script_module(monkeypatch):
     monkeypatch.delenv(_script_json.SWITCH, raising=False)
-    module = _script_module()
-
-    assert _script_json.accelerate(module)
-
-    assert module.json.loads is _json.loads and module.j.loads is _json.loads
-    assert module.loads is _json.loads and module.parse is _json.loads
-    assert module.dumps is json.dumps and module.json.dumps is json.dumps
-    assert module.json.JSONDecodeError is json.JSONDecodeError
-    assert json.loads is _json.stdlib_loads  # the real module is untouched
-    with pytest.raises(json.JSONDecodeError):
-        module.json.loads("{")
+    module = types.ModuleType("a_script")
+    exec("import json\nfrom json import loads, dumps\nfrom json import loads as parse\n", module.__dict__)
+    yield module
+    _script_json.restore()
 
 
-def test_the_switch_turns_it_off(monkeypatch):
+def test_accelerate_replaces_json_loads_and_the_scripts_own_names(script_module):
+    assert _script_json.accelerate(script_module)
+
+    assert json.loads is _script_json.fast_loads and script_module.json is json
+    assert script_module.loads is _script_json.fast_loads and script_module.parse is _script_json.fast_loads
+    assert script_module.dumps is json.dumps
+    assert json.loads("[1, 2.5]") == [1, 2.5]
+    with pytest.raises(json.JSONDecodeError, match="Expecting"):
+        json.loads("{")
+    assert json.loads.__name__ == "loads" and "object_hook" in str(inspect.signature(json.loads))
+
+    _script_json.restore()
+    assert json.loads is _json.stdlib_loads
+
+
+def test_a_json_loads_replaced_before_is_left_alone(script_module, monkeypatch):
+    def theirs(s, **kwargs):
+        return "theirs"
+
+    monkeypatch.setattr(json, "loads", theirs)
+
+    assert not _script_json.accelerate(script_module)
+    assert json.loads is theirs
+
+
+def test_the_switch_turns_it_off(script_module, monkeypatch):
     monkeypatch.setenv(_script_json.SWITCH, "stdlib")
-    module = _script_module()
 
-    assert not _script_json.accelerate(module)
-    assert module.json is json and module.loads is json.loads
+    assert not _script_json.accelerate(script_module)
+    assert json.loads is _json.stdlib_loads and script_module.loads is _json.stdlib_loads
 
 
 @pytest.mark.parametrize(
