@@ -112,27 +112,16 @@ async def test_requests_queued_behind_a_running_batch_go_as_soon_as_it_ends():
     assert [r["y"][0][0] for r in results] == [0.0, 2.0, 4.0, 6.0, 8.0]
 
 
-async def test_a_request_on_an_idle_model_waits_for_company():
+async def _two_requests_50ms_apart(*, max_batch_size: int, max_wait_ms: float) -> list[int]:
+    """The model calls made for two one-row requests, the second sent 50 ms after the first."""
     calls: list[int] = []
     with ThreadPoolExecutor(1) as executor:
         batcher = DynamicBatcher(
-            _doubling_model(calls), max_batch_size=8, max_wait_ms=300, executor=executor, max_in_flight=1
-        )
-        batcher.start()
-        early = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 3), dtype=np.float32)}))
-        await asyncio.sleep(0.05)
-        late = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 3), dtype=np.float32)}))
-        await asyncio.gather(early, late)
-        await batcher.close()
-
-    assert calls == [2]
-
-
-async def test_a_batch_that_fills_up_goes_without_waiting_out_the_timer():
-    calls: list[int] = []
-    with ThreadPoolExecutor(1) as executor:
-        batcher = DynamicBatcher(
-            _doubling_model(calls), max_batch_size=2, max_wait_ms=60_000, executor=executor, max_in_flight=1
+            _doubling_model(calls),
+            max_batch_size=max_batch_size,
+            max_wait_ms=max_wait_ms,
+            executor=executor,
+            max_in_flight=1,
         )
         batcher.start()
         early = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 3), dtype=np.float32)}))
@@ -140,8 +129,15 @@ async def test_a_batch_that_fills_up_goes_without_waiting_out_the_timer():
         late = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 3), dtype=np.float32)}))
         await asyncio.wait_for(asyncio.gather(early, late), 10)
         await batcher.close()
+    return calls
 
-    assert calls == [2]
+
+async def test_a_request_on_an_idle_model_waits_for_company():
+    assert await _two_requests_50ms_apart(max_batch_size=8, max_wait_ms=300) == [2]
+
+
+async def test_a_batch_that_fills_up_goes_without_waiting_out_the_timer():
+    assert await _two_requests_50ms_apart(max_batch_size=2, max_wait_ms=60_000) == [2]
 
 
 async def test_a_request_cancelled_while_queued_is_left_out_of_the_batch():
