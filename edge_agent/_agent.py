@@ -31,6 +31,7 @@ from edge_agent._runtime import ProcessRuntime
 from edge_agent._state import PersistedState, StateFile
 from edge_agent._store import ArtifactStore
 from modules._errors import ConfigError, ModelfleetError
+from modules._tasks import cancel_within
 from modules.deployment import DeploymentDocument, DeviceFacts, select_deployments
 from modules.device_state import (
     DeploymentState,
@@ -51,6 +52,7 @@ from modules.signing import load_public_key
 from modules.topics import FleetTopics
 
 log = logging.getLogger("modelfleet.agent")
+_STOP_GRACE_S = 10.0
 
 
 def _now() -> datetime:
@@ -167,11 +169,9 @@ class Agent:
 
     async def stop(self) -> None:
         self._stopping.set()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # Bounded: a task that ignores its cancellation must not keep the agent from stopping.
+        for task in await cancel_within(self._tasks, _STOP_GRACE_S):
+            log.error("task %s did not stop within %.0f s; leaving it", task.get_name(), _STOP_GRACE_S)
         self._tasks.clear()
         await self.executor.shutdown()
         if self.transport is not None:

@@ -40,6 +40,7 @@ import paho.mqtt.client as mqtt
 from pydantic import BaseModel, SecretStr, field_validator, model_validator
 
 from modules._errors import ModelfleetError
+from modules._tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -618,11 +619,8 @@ class MqttTransport:
 
     @staticmethod
     async def _cancel(task: asyncio.Task[None] | None) -> None:
-        if task is None or task.done():
-            return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        if task is not None and not task.done():
+            await cancel_and_wait(task)
 
     def _require_started(self) -> asyncio.AbstractEventLoop:
         if self._loop is None or self._client is None:

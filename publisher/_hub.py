@@ -26,6 +26,7 @@ from pydantic import SecretStr, ValidationError
 
 from edge_agent._mqtt import Message, MqttError, MqttSettings, MqttTransport
 from modules._errors import ConfigError, ModelfleetError
+from modules._tasks import cancel_and_wait
 from modules.device_state import MethodRequest, MethodResponse, Presence, ReportedState
 from modules.topics import FleetTopics
 from publisher._workspace import Workspace
@@ -107,10 +108,7 @@ class Hub:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        await cancel_and_wait(self._reader)
         await self._transport.stop()
 
     # -- messages -----------------------------------------------------------------------------

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import aiohttp
 
+from modules._tasks import cancel_and_wait, wait_quietly
+
 from ._config import InstanceConfig, settings_json
 from ._errors import ModuleStartError
 from ._logs import RotatingLog, pump, tail_lines
@@ -316,8 +318,7 @@ class ProcessRuntime:
         while _group_alive(pgid) and time.monotonic() < deadline:
             await asyncio.sleep(_POLL_S)
         if instance.pump_task is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(instance.pump_task), 2.0)
+            await wait_quietly(instance.pump_task, 2.0)  # the last log lines
         if not _group_alive(pgid):
             # Nothing left that could be adopted: the private settings (keys) go with it.
             shutil.rmtree(self.settings_path(instance.config.instance_id).parent, ignore_errors=True)
@@ -402,10 +403,6 @@ class ProcessRuntime:
     async def close(self) -> None:
         """Stop watching (builds, log pumps) without stopping the modules: a new agent adopts them."""
         await self._envs.close()
-        for task in list(self._pumps):
-            task.cancel()
-        for task in list(self._pumps):
-            with contextlib.suppress(BaseException):
-                await task
+        await cancel_and_wait(*self._pumps)
         for module_log in self._logs.values():
             module_log.close()

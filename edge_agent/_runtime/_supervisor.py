@@ -8,7 +8,6 @@ the reporter never sees a half-updated record.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from typing import Any
 
 import aiohttp
 
+from modules._tasks import cancel_and_wait
 from modules.device_state import ModuleState
 from modules.spec import HealthProbe
 
@@ -104,10 +104,7 @@ class Supervisor:
     async def stop(self) -> None:
         """Stop supervising and stop the instance; the state ends as stopped."""
         watcher, self._watcher = self._watcher, None
-        if watcher is not None:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+        await cancel_and_wait(watcher)
         instance, self.instance = self.instance, None
         code = self.state.exit_code
         if instance is not None:
@@ -211,10 +208,7 @@ class Supervisor:
             self._update(last_error=f"health probe {self.health_probe.path} failed repeatedly")
             return await self.runtime.stop(instance), True
         finally:
-            prober.cancel()
-            exited.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await prober
+            await cancel_and_wait(prober, exited)
 
     async def _probe(self, instance: Instance) -> None:
         """Probe forever; returns only when the policy wants an unhealthy instance replaced."""

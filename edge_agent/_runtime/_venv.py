@@ -17,6 +17,8 @@ import sys
 import uuid
 from pathlib import Path
 
+from modules._tasks import cancel_and_wait
+
 from ._errors import ModuleStartError
 
 _PIP_TAIL_LINES = 20
@@ -71,8 +73,14 @@ class EnvBuilder:
             requirements_file.write_text("\n".join(requirements) + "\n")
             await _run(
                 [
-                    str(venv_python(temporary)), "-m", "pip", "install", "--disable-pip-version-check",
-                    "--no-input", "-r", str(requirements_file),
+                    str(venv_python(temporary)),
+                    "-m",
+                    "pip",
+                    "install",
+                    "--disable-pip-version-check",
+                    "--no-input",
+                    "-r",
+                    str(requirements_file),
                 ],
                 what="pip install",
             )
@@ -88,12 +96,7 @@ class EnvBuilder:
         return str(venv_python(final))
 
     async def close(self) -> None:
-        tasks = list(self._builds.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        await cancel_and_wait(*self._builds.values())
 
 
 async def _run(command: list[str], *, what: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -98,3 +99,35 @@ async def test_agent_status_reads_the_local_endpoint(
         await agent.stop()
     assert await asyncio.to_thread(main, ["agent", "status", "--port", str(port)]) == 1
     assert "no agent answers" in capsys.readouterr().err
+
+
+async def test_agent_stop_finishes_even_if_a_task_ignores_its_cancellation(
+    tmp_path: Path, mosquitto: Service, distribution: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edge_agent import _agent
+    from modules.signing import public_key_pem
+
+    trust = tmp_path / "pub.pem"
+    trust.write_text(public_key_pem(Ed25519PrivateKey.generate()))
+    config = agent_config(tmp_path / "a", "dev-x", mosquitto.url, distribution.url, trust, "stopfleet")
+    agent = Agent(config)
+    await agent.start()
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(3600)
+
+    rude = asyncio.create_task(stubborn(), name="stubborn")
+    agent._tasks.append(rude)
+    monkeypatch.setattr(_agent, "_STOP_GRACE_S", 0.3)
+
+    await asyncio.wait_for(agent.stop(), 30)
+
+    assert not rude.done()  # left behind, logged, and the agent still stopped
+    release.set()
+    rude.cancel()
+    await asyncio.wait_for(rude, 10)
