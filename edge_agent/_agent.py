@@ -25,13 +25,11 @@ from edge_agent._device_info import device_info, execution_providers
 from edge_agent._executor import Executor
 from edge_agent._inference_stats import scrape
 from edge_agent._intake import Accepted, Deleted, Intake, Refused, Unchanged
-from edge_agent._mqtt import Message, MqttConnectError, MqttError, MqttSettings, MqttTransport
 from edge_agent._planner import ActualModule, Remove, Replace, Start, desired_modules, plan
 from edge_agent._runtime import ProcessRuntime
 from edge_agent._state import PersistedState, StateFile
 from edge_agent._store import ArtifactStore
-from modules._errors import ConfigError, ModelfleetError
-from modules._tasks import cancel_within
+from modules import ConfigError, ModelfleetError
 from modules.deployment import DeploymentDocument, DeviceFacts, select_deployments
 from modules.device_state import (
     DeploymentState,
@@ -42,6 +40,7 @@ from modules.device_state import (
     Refusal,
     ReportedState,
 )
+from modules.mqtt import Message, MqttConnectError, MqttError, MqttSettings, MqttTransport
 from modules.service_keys import (
     ServiceKeys,
     device_public_key,
@@ -49,6 +48,7 @@ from modules.service_keys import (
     open_keys,
 )
 from modules.signing import load_public_key
+from modules.tasks import cancel_within
 from modules.topics import FleetTopics
 
 log = logging.getLogger("modelfleet.agent")

@@ -19,7 +19,7 @@ from edge_agent._planner import DesiredModule, Remove, Replace, Start
 from edge_agent._runtime import Backoff, FrontProxy, InstanceConfig, ProcessRuntime, Supervisor
 from edge_agent._state import InstanceRecord
 from edge_agent._store import ArtifactStore, StoredModule
-from modules._errors import ModelfleetError
+from modules import ModelfleetError
 from modules.device_state import ModuleState
 from modules.oci import RegistryClient, RegistryCredentials
 from modules.service_keys import ServiceKeys

@@ -30,9 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from modules import ModelfleetError, RegistryUnreachableError
 from modules.model_config import safe_relative_path
-from modules.oci import RegistryClient, sha256_bytes, sha256_file
-from modules.oci import _media_types as mt
-from modules.oci._digest import check_digest
+from modules.oci import RegistryClient, check_digest, sha256_bytes, sha256_file
+from modules.oci import media_types as mt
 from modules.spec import ModuleSpec
 from modules.unpack import UnpackedModule
 

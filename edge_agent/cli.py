@@ -15,11 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from modules._errors import ModelfleetError
+from modules import ModelfleetError
 
 
 def _key_values(items: list[str] | None) -> dict[str, Any]:
-    from modules._errors import ConfigError
+    from modules import ConfigError
 
     out: dict[str, Any] = {}
     for item in items or []:

@@ -16,7 +16,7 @@ from pathlib import Path
 from modules._errors import InvalidPackageError
 from modules.model_config import safe_relative_path
 from modules.oci import RegistryClient, sha256_file
-from modules.oci import _media_types as mt
+from modules.oci import media_types as mt
 from modules.spec import ModuleSpec
 
 

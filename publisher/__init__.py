@@ -3,7 +3,7 @@
 The public Python API, named after Azure ML v1's where the ideas match.
 """
 
-from modules._errors import ModelfleetError
+from modules import ModelfleetError
 from publisher._deploy import DeploymentExistsError, DeploymentSettings
 from publisher._hub import HubError, MethodTimeoutError
 from publisher._model import Model

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from modules._errors import ConfigError, ModelfleetError, NotFoundError
+from modules import ConfigError, ModelfleetError, NotFoundError
 from modules.deployment import DeploymentDocument, sign_document
 from modules.signing import load_signing_key
 from modules.spec import MODULE_REPOSITORY_PREFIX

@@ -9,7 +9,7 @@ import json
 import sys
 from typing import Any
 
-from modules._errors import ConfigError, ModelfleetError
+from modules import ConfigError, ModelfleetError
 from publisher import _deploy
 from publisher._deploy import DeploymentSettings
 from publisher._hub import Hub

@@ -24,10 +24,10 @@ from typing import Any
 
 from pydantic import SecretStr, ValidationError
 
-from edge_agent._mqtt import Message, MqttError, MqttSettings, MqttTransport
-from modules._errors import ConfigError, ModelfleetError
-from modules._tasks import cancel_and_wait
+from modules import ConfigError, ModelfleetError
 from modules.device_state import MethodRequest, MethodResponse, Presence, ReportedState
+from modules.mqtt import Message, MqttError, MqttSettings, MqttTransport
+from modules.tasks import cancel_and_wait
 from modules.topics import FleetTopics
 from publisher._workspace import Workspace
 

@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from modules._errors import InvalidModelError, ModelfleetError, NotFoundError
+from modules import InvalidModelError, ModelfleetError, NotFoundError
 from modules.model_config import MODEL_REPOSITORY_PREFIX, ModelConfig, ModelFile
 from modules.oci import RegistryClient, sha256_bytes, sha256_file
-from modules.oci import _media_types as mt
+from modules.oci import media_types as mt
 from modules.onnx_signature import inspect_onnx
 from publisher._versions import (
     check_name,

@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from modules._errors import InvalidPackageError
+from modules import InvalidPackageError
 from modules.model_config import MODEL_REPOSITORY_PREFIX
 from modules.oci import RegistryClient, TransferStats, sha256_bytes
-from modules.oci import _media_types as mt
+from modules.oci import media_types as mt
 from modules.spec import MODULE_REPOSITORY_PREFIX, ExecutionProvider, ModelRef, ModuleSpec
 from publisher._model import Model
 from publisher._package import (

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 
-from modules._errors import InvalidPackageError
+from modules import InvalidPackageError
 
 _SKIP = {".git", "__pycache__", ".ipynb_checkpoints", ".venv", ".mypy_cache", ".pytest_cache"}
 _MAX_SAMPLE_BYTES = 1 << 20

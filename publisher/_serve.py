@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 from typing import get_args
 
-from modules._errors import ModelfleetError
+from modules import ModelfleetError
+from modules.scoring import BatchingSettings, ProviderName
 from modules.scoring import cli as scoring_cli
-from modules.scoring._settings import BatchingSettings, ProviderName
 from modules.spec import MODULE_REPOSITORY_PREFIX
 from modules.unpack import UnpackedModule, pull_module
 from publisher._versions import parse_ref, resolve_version

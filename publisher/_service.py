@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modules._errors import ModelfleetError
+from modules import ModelfleetError
 from modules.deployment import DeploymentDocument
 from publisher import _deploy, _service_keys
 from publisher._deploy import DeploymentSettings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 
-from modules._errors import ConfigError, NotFoundError, VersionConflictError
+from modules import ConfigError, NotFoundError, VersionConflictError
 from modules.oci import Manifest, RegistryClient
 from modules.spec import NAME_PATTERN
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import tomli_w
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from modules._errors import ConfigError
+from modules import ConfigError
 from modules.oci import RegistryClient, RegistryCredentials, normalize_registry_url
 from modules.signing import generate_signing_key, load_signing_key, public_key_pem
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from modules._errors import ConfigError, ModelfleetError
+from modules import ConfigError, ModelfleetError
 
 
 def _key_values(items: Sequence[str] | None, option: str) -> dict[str, str]:

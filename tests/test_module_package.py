@@ -14,7 +14,7 @@ import pytest
 
 from modules import InvalidPackageError, NotFoundError
 from modules.oci import RegistryClient
-from modules.oci import _media_types as mt
+from modules.oci import media_types as mt
 from publisher import Model, Module, Workspace
 from tests._proxy import FaultProxy
 from tests._services import Service

@@ -15,7 +15,7 @@ from modules import (
     RegistryUnreachableError,
 )
 from modules.oci import RegistryClient, RegistryCredentials, sha256_bytes
-from modules.oci._media_types import OCI_MANIFEST
+from modules.oci.media_types import OCI_MANIFEST
 from tests._proxy import FaultProxy
 from tests._services import Service, free_port
 from tests.conftest import REGISTRY_USER

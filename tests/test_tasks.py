@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from modules._tasks import cancel_and_wait, cancel_within, wait_quietly
+from modules.tasks import cancel_and_wait, cancel_within, wait_quietly
 
 
 async def _slow_to_stop(stopping: asyncio.Event, release: asyncio.Event) -> None:

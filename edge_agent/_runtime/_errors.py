@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from modules._errors import ModelfleetError
+from modules import ModelfleetError
 
 
 class ModuleStartError(ModelfleetError):

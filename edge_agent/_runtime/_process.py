@@ -23,7 +23,7 @@ from pathlib import Path
 
 import aiohttp
 
-from modules._tasks import cancel_and_wait, wait_quietly
+from modules.tasks import cancel_and_wait, wait_quietly
 
 from ._config import InstanceConfig, settings_json
 from ._errors import ModuleStartError

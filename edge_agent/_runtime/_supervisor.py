@@ -16,9 +16,9 @@ from typing import Any
 
 import aiohttp
 
-from modules._tasks import cancel_and_wait
 from modules.device_state import ModuleState
 from modules.spec import HealthProbe
+from modules.tasks import cancel_and_wait
 
 from ._backoff import Backoff, RestartPolicy, should_restart
 from ._config import InstanceConfig

@@ -2,7 +2,7 @@
 
 from modules.oci._auth import RegistryCredentials
 from modules.oci._client import Manifest, PushOutcome, RegistryClient, TransferStats
-from modules.oci._digest import sha256_bytes, sha256_file
+from modules.oci._digest import check_digest, sha256_bytes, sha256_file
 from modules.oci._url import normalize_registry_url, registry_host
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "RegistryClient",
     "RegistryCredentials",
     "TransferStats",
+    "check_digest",
     "normalize_registry_url",
     "registry_host",
     "sha256_bytes",

@@ -29,8 +29,8 @@ from modules._errors import (
 )
 from modules.oci._auth import Challenge, RegistryCredentials, parse_challenge
 from modules.oci._digest import CHUNK, check_digest, sha256_bytes, sha256_file
-from modules.oci._media_types import MANIFEST_ACCEPT
 from modules.oci._url import normalize_registry_url
+from modules.oci.media_types import MANIFEST_ACCEPT
 
 log = logging.getLogger(__name__)
 

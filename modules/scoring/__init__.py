@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._settings import BatchingSettings, ScoringSettings
+from ._settings import BatchingSettings, ProviderName, ScoringSettings
 
 if TYPE_CHECKING:
     from ._app import create_app
@@ -46,6 +46,7 @@ __all__ = [
     "BatchingSettings",
     "NumpyParameterType",
     "PandasParameterType",
+    "ProviderName",
     "ScoringSettings",
     "StandardPythonParameterType",
     "choose_providers",

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from edge_agent._mqtt import (
+from modules.mqtt import (
     Message,
     MqttConnectError,
     MqttNotConnectedError,
@@ -225,7 +225,7 @@ async def test_stop_is_idempotent_ends_messages_and_owned_tasks(
 
 WILL_SCRIPT = """
 import asyncio, sys
-from edge_agent._mqtt import MqttSettings, MqttTransport
+from modules.mqtt import MqttSettings, MqttTransport
 
 async def main():
     url, topic = sys.argv[1], sys.argv[2]
@@ -296,7 +296,7 @@ async def test_last_will_is_not_published_on_clean_stop(mosquitto: Service, tran
 async def test_reconnects_and_resubscribes_after_broker_restart(
     broker_root: Path, transports: TransportFactory, caplog: pytest.LogCaptureFixture
 ):
-    caplog.set_level(logging.INFO, logger="edge_agent._mqtt")
+    caplog.set_level(logging.INFO, logger="modules.mqtt._client")
     port = free_port()
     connects: list[int] = []
     connected_again = asyncio.Event()

@@ -30,7 +30,7 @@ import asyncio, json, sys
 import paho.mqtt
 import paho.mqtt.client as mqtt
 from pydantic import SecretStr
-from edge_agent._mqtt import Message, MqttConnectError, MqttSettings, MqttTransport
+from modules.mqtt import Message, MqttConnectError, MqttSettings, MqttTransport
 
 async def main():
     url, auth_url = sys.argv[1], sys.argv[2]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -238,7 +239,18 @@ async def test_ensure_env_without_requirements_is_the_system_python(runtime: Pro
     assert await runtime.ensure_env(["  "]) == sys.executable
 
 
+def _base_python_imports_onnxruntime() -> bool:
+    base = getattr(sys, "_base_executable", sys.executable)
+    return subprocess.run([base, "-c", "import onnxruntime"], capture_output=True).returncode == 0
+
+
 async def test_ensure_env_builds_a_venv_once_and_reuses_it(runtime: ProcessRuntime) -> None:
+    """The agent runs from a venv (this suite's); the module's venv must see what was installed
+    beside the agent, not only what the system Python has."""
+    if os.environ.get("CI") == "true":
+        # CI proves the fresh-machine case: onnxruntime exists only in the agent's own environment.
+        assert sys.prefix != sys.base_prefix, "CI runs the suite from the project's venv"
+        assert not _base_python_imports_onnxruntime(), "the system Python must not carry onnxruntime in CI"
     shown = subprocess.run([sys.executable, "-m", "pip", "show", TINY_REQUIREMENT], capture_output=True)
     assert shown.returncode != 0, f"{TINY_REQUIREMENT} must not be in the system Python for this test"
     first, second = await asyncio.gather(

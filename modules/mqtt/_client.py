@@ -1,4 +1,5 @@
-"""The agent's MQTT transport: paho-mqtt driven by the asyncio event loop, without a thread.
+"""The MQTT transport the agent and the publisher both speak: paho-mqtt driven by the asyncio
+event loop, without a thread.
 
 Why this shape:
 
@@ -31,7 +32,6 @@ import random
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,8 +39,8 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 from pydantic import BaseModel, SecretStr, field_validator, model_validator
 
-from modules._errors import ModelfleetError
-from modules._tasks import cancel_and_wait
+from modules.tasks import cancel_and_wait
+from modules.transport import Message, TransportConnectError, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,11 @@ STOP_TIMEOUT_S = 5.0
 MISC_PERIOD_S = 1.0
 
 
-class MqttError(ModelfleetError):
+class MqttError(TransportError):
     """Anything the MQTT transport could not do."""
 
 
-class MqttConnectError(MqttError):
+class MqttConnectError(MqttError, TransportConnectError):
     """The first connection could not be made: broker unreachable, TLS failure, or refused CONNACK."""
 
 
@@ -132,13 +132,6 @@ class MqttSettings(BaseModel):
         if self.tls_insecure:
             ctx.check_hostname = False
         return ctx
-
-
-@dataclass(frozen=True)
-class Message:
-    topic: str
-    payload: bytes
-    retain: bool
 
 
 class _PahoClient(mqtt.Client):
