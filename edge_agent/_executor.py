@@ -1,4 +1,4 @@
-"""Carries out the planner's commands on real processes, safely.
+"""The default module runtime: carries out the planner's commands on real processes, safely.
 
 A new version always starts beside the one serving, on its own internal port, and must pass
 readiness and a smoke request before the module's public port (a front proxy) is switched to it;
@@ -12,9 +12,12 @@ import itertools
 import logging
 import socket
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 from edge_agent._config import AgentConfig
+from edge_agent._device_info import execution_providers
+from edge_agent._module_runtime import KeysLookup, StateListener
 from edge_agent._planner import DesiredModule, Remove, Replace, Start
 from edge_agent._runtime import Backoff, FrontProxy, InstanceConfig, ProcessRuntime, Supervisor
 from edge_agent._state import InstanceRecord
@@ -22,7 +25,6 @@ from edge_agent._store import ArtifactStore, StoredModule
 from modules import ModelfleetError
 from modules.device_state import ModuleState
 from modules.oci import RegistryClient, RegistryCredentials
-from modules.service_keys import ServiceKeys
 from modules.spec import HealthProbe
 
 log = logging.getLogger(__name__)
@@ -45,23 +47,45 @@ class ModuleStartFailed(ModelfleetError):
     """A module version could not be brought up; what was serving before still is."""
 
 
+# Opens a registry session for one pull; `RegistryClient` itself is one.
+RegistryFactory = Callable[[], AbstractAsyncContextManager[RegistryClient]]
+
+
 class Executor:
+    """A `ModuleRuntime`: modules from the artifact store, run as supervised processes."""
+
     def __init__(
         self,
         config: AgentConfig,
         store: ArtifactStore,
         runtime: ProcessRuntime,
-        on_state: Callable[[str, ModuleState], None],
-        keys_for: Callable[[str | None], ServiceKeys | None] = lambda _deployment: None,
+        registry: RegistryFactory | None = None,
     ) -> None:
         self.config = config
-        self.keys_for = keys_for
         self.store = store
         self.runtime = runtime
-        self.on_state = on_state
+        self.registry = registry or self._registry
+        self.on_state: StateListener = lambda _name, _state: None
+        self.keys_for: KeysLookup = lambda _deployment: None
         self.running: dict[str, RunningModule] = {}
         self._serial = itertools.count(1)
         self._emit: dict[int, Callable[[], None]] = {}
+
+    def bind(self, on_state: StateListener, keys_for: KeysLookup) -> None:
+        self.on_state = on_state
+        self.keys_for = keys_for
+
+    def serving(self) -> dict[str, InstanceRecord]:
+        return {name: running.record for name, running in self.running.items()}
+
+    def logs(self, name: str, tail: int) -> list[str]:
+        return self.runtime.logs(name, tail)
+
+    async def execution_providers(self) -> list[str]:
+        return await execution_providers()
+
+    def prune(self, keep_digests: set[str]) -> None:
+        self.store.gc(keep_digests)
 
     # -- building blocks ----------------------------------------------------------------------
 
@@ -79,7 +103,7 @@ class Executor:
 
     async def _fetch(self, desired: DesiredModule) -> StoredModule:
         self._report(desired, status="downloading")
-        async with self._registry() as client:
+        async with self.registry() as client:
             return await self.store.ensure_module(client, desired.repository, desired.digest)
 
     def _instance_config(
@@ -170,22 +194,11 @@ class Executor:
         self, desired: DesiredModule, config: InstanceConfig, pid: int | None, version: int | None
     ) -> InstanceRecord:
         return InstanceRecord(
-            module=desired.name,
-            deployment=desired.deployment,
+            desired=desired,
             instance_id=config.instance_id,
             pid=pid,
             internal_port=config.port,
-            public_port=desired.port,
-            repository=desired.repository,
-            digest=desired.digest,
             version=version,
-            fingerprint=desired.fingerprint,
-            startup_order=desired.startup_order,
-            restart_policy=desired.restart_policy,
-            env=dict(desired.env),
-            execution_providers=list(desired.execution_providers) if desired.execution_providers else None,
-            health_probe=dict(desired.health_probe) if desired.health_probe else None,
-            keys_version=desired.keys_version,
         )
 
     async def _bring_up(self, desired: DesiredModule) -> tuple[Supervisor, InstanceConfig, int | None]:
@@ -263,19 +276,7 @@ class Executor:
         stored = self.store.stored_module(record.digest)
         if stored is None:
             return None
-        desired = DesiredModule(
-            name=record.module,
-            deployment=record.deployment,
-            repository=record.repository,
-            digest=record.digest,
-            port=record.public_port,
-            restart_policy=record.restart_policy,
-            startup_order=record.startup_order,
-            env=record.env,
-            execution_providers=tuple(record.execution_providers) if record.execution_providers else None,
-            health_probe=record.health_probe,
-            keys_version=record.keys_version,
-        )
+        desired = record.desired
         config = self._instance_config(desired, stored, record.instance_id, record.internal_port)
         python = await self.runtime.ensure_env(stored.spec.requirements)
         supervisor = self._supervisor(desired, config, record.version, python)

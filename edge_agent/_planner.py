@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from modules.deployment import Manifest, ModelfleetModule
 
@@ -59,17 +59,33 @@ class ActualModule:
 @dataclass(frozen=True)
 class Start:
     desired: DesiredModule
+    # the method of the module runtime that carries the command out
+    verb: ClassVar[str] = "start"
+
+    @property
+    def name(self) -> str:
+        return self.desired.name
 
 
 @dataclass(frozen=True)
 class Replace:
     actual: ActualModule
     desired: DesiredModule
+    verb: ClassVar[str] = "replace"
+
+    @property
+    def name(self) -> str:
+        return self.desired.name
 
 
 @dataclass(frozen=True)
 class Remove:
     actual: ActualModule
+    verb: ClassVar[str] = "remove"
+
+    @property
+    def name(self) -> str:
+        return self.actual.name
 
 
 Command = Start | Replace | Remove

@@ -1,0 +1,82 @@
+"""Presence, telemetry and inference figures, once per heartbeat period.
+
+The inference figures come from each serving module's `/metrics`; the HTTP session for that
+exists only while some module serves, so an agent with nothing deployed keeps no socket open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from datetime import UTC, datetime
+
+import aiohttp
+
+from edge_agent._inference_stats import scrape
+from edge_agent._module_runtime import ModuleRuntime
+from edge_agent._status_book import StatusBook
+from modules.device_state import Presence
+from modules.topics import FleetTopics
+from modules.transport import Transport, TransportError
+
+SCRAPE_TIMEOUT_S = 2.0
+PUBLISH_TIMEOUT_S = 5.0
+
+
+class Heartbeat:
+    def __init__(
+        self,
+        topics: FleetTopics,
+        book: StatusBook,
+        runtime: ModuleRuntime,
+        transport: Transport,
+        period_s: float,
+    ) -> None:
+        self.topics = topics
+        self.book = book
+        self.runtime = runtime
+        self.transport = transport
+        self.period_s = period_s
+
+    async def run(self) -> None:
+        session: aiohttp.ClientSession | None = None
+        try:
+            while True:
+                await asyncio.sleep(self.period_s)
+                serving = self.runtime.serving()
+                if serving and session is None:
+                    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_S))
+                elif not serving and session is not None:
+                    await session.close()
+                    session = None
+                if session is not None:
+                    await self.collect_inference_stats(session)
+                if self.transport.connected:
+                    await self.beat()
+        finally:
+            if session is not None:
+                await session.close()
+
+    async def collect_inference_stats(self, session: aiohttp.ClientSession) -> None:
+        for name, record in list(self.runtime.serving().items()):
+            stats = await scrape(session, record.internal_port)
+            if stats is not None:
+                self.book.module_stats(name, stats.count, stats.errors, stats.latency_ms_avg)
+
+    async def beat(self) -> None:
+        device_id = self.book.device_id
+        presence = Presence(device_id=device_id, online=True, at=datetime.now(UTC))
+        with contextlib.suppress(TransportError):
+            await self.transport.publish(
+                self.topics.status(device_id),
+                presence.model_dump_json().encode(),
+                retain=True,
+                timeout=PUBLISH_TIMEOUT_S,
+            )
+            await self.transport.publish(
+                self.topics.telemetry(device_id),
+                json.dumps(self.book.telemetry()).encode(),
+                qos=0,
+                timeout=PUBLISH_TIMEOUT_S,
+            )

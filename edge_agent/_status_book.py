@@ -1,0 +1,182 @@
+"""The only writer of the device's reported state.
+
+Runtimes, the plan runner's outcomes, the intake's refusals and the inference scrapes all land
+here; the report, the telemetry, `getState` and the local status endpoint all read from here. One
+writer is what makes the report consistent: a module's entry is never half from one source and
+half from another, and every change asks for exactly one (coalesced) report.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from modules.deployment import DeploymentRef
+from modules.device_state import DeploymentState, DeviceInfo, ModuleState, Refusal, ReportedState
+
+REFUSALS_KEPT = 20
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class StatusBook:
+    def __init__(
+        self, device_id: str, fleet: str, tags: Mapping[str, Any], on_change: Callable[[], None]
+    ) -> None:
+        self.device_id = device_id
+        self.fleet = fleet
+        self.tags = dict(tags)
+        self._on_change = on_change
+        self.modules: dict[str, ModuleState] = {}
+        self.deployments: dict[str, DeploymentState] = {}
+        self.refused: deque[Refusal] = deque(maxlen=REFUSALS_KEPT)
+        self.seq = 0
+
+    # -- modules ------------------------------------------------------------------------------
+
+    def module_changed(self, name: str, state: ModuleState, failure: str | None = None) -> None:
+        """A runtime's view of a module; `failure` is the standing reason its desired
+        configuration could not be applied (kept visible while an older version serves)."""
+        previous = self.modules.get(name)
+        if previous is not None and previous.digest == state.digest and state.inference_count == 0:
+            # counts come from the heartbeat's scrape; a status change must not zero them
+            state = state.model_copy(
+                update={
+                    "inference_count": previous.inference_count,
+                    "inference_errors": previous.inference_errors,
+                    "latency_ms_avg": previous.latency_ms_avg,
+                }
+            )
+        if failure and state.last_error is None:
+            state = state.model_copy(update={"last_error": failure})
+        self.modules[name] = state
+        self._on_change()
+
+    def module_waiting(self, name: str, deployment: str | None, reason: str) -> None:
+        self.modules[name] = ModuleState(
+            name=name, deployment=deployment, status="pending", last_error=reason
+        )
+        self._on_change()
+
+    def module_failed(self, name: str, deployment: str | None, reason: str, *, still_serving: bool) -> None:
+        """With `still_serving`, the previous version keeps its entry and carries the reason."""
+        current = self.modules.get(name)
+        if current is not None and still_serving:
+            self.modules[name] = current.model_copy(update={"last_error": reason})
+        else:
+            self.modules[name] = ModuleState(
+                name=name, deployment=deployment, status="failed", last_error=reason
+            )
+        self._on_change()
+
+    def module_removed(self, name: str) -> None:
+        if self.modules.pop(name, None) is not None:
+            self._on_change()
+
+    def module_stats(self, name: str, count: int, errors: int, latency_ms_avg: float | None) -> None:
+        state = self.modules.get(name)
+        if state is None:
+            return
+        update = {"inference_count": count, "inference_errors": errors, "latency_ms_avg": latency_ms_avg}
+        if any(getattr(state, k) != v for k, v in update.items()):
+            self.modules[name] = state.model_copy(update=update)
+            self._on_change()
+
+    # -- deployments --------------------------------------------------------------------------
+
+    def refusal(
+        self, topic: str, reason: str, deployment: str | None = None, version: int | None = None
+    ) -> None:
+        self.refused.appendleft(
+            Refusal(topic=topic, deployment=deployment, version=version, reason=reason, at=now())
+        )
+        self._on_change()
+
+    def deployment_removed(self, name: str, version: int) -> None:
+        self.deployments[name] = DeploymentState(name=name, version=version, outcome="removed", at=now())
+        self._on_change()
+
+    def deployments_judged(self, states: Iterable[DeploymentState]) -> None:
+        for state in states:
+            self.deployments[state.name] = state
+        self._on_change()
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def reported(self, device: DeviceInfo) -> ReportedState:
+        self.seq += 1
+        return ReportedState(
+            device_id=self.device_id,
+            fleet=self.fleet,
+            seq=self.seq,
+            at=now(),
+            tags=self.tags,
+            device=device,
+            deployments=dict(self.deployments),
+            modules=dict(self.modules),
+            refused=list(self.refused),
+        )
+
+    def telemetry(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "at": now().isoformat(),
+            "modules": {
+                name: {
+                    "status": m.status,
+                    "inference_count": m.inference_count,
+                    "inference_errors": m.inference_errors,
+                    "latency_ms_avg": m.latency_ms_avg,
+                }
+                for name, m in self.modules.items()
+            },
+        }
+
+
+def judge_deployments(
+    applied: Iterable[DeploymentRef],
+    deferred: Iterable[DeploymentRef],
+    others: Iterable[tuple[str, int]],
+    owners: Mapping[str, str],
+    failures: Mapping[str, str],
+) -> list[DeploymentState]:
+    """Each deployment's outcome on this device. `applied` are the selected documents, `deferred`
+    the newer versions this device is not in the rollout step of yet, `others` (name, version) of
+    documents that do not target it; `owners` maps each wanted module (runnable here or not) to its
+    deployment, `failures` module name -> why it is not applied."""
+    at = now()
+    states: list[DeploymentState] = []
+    judged: set[str] = set()
+    for doc in applied:
+        mine = sorted(n for n, owner in owners.items() if owner == doc.name)
+        problems = [f"{n}: {failures[n]}" for n in mine if n in failures]
+        states.append(
+            DeploymentState(
+                name=doc.name,
+                version=doc.version,
+                outcome="failed" if problems else "applied",
+                reason="; ".join(problems) or None,
+                at=at,
+            )
+        )
+        judged.add(doc.name)
+    for doc in deferred:
+        if doc.name not in judged:
+            states.append(
+                DeploymentState(
+                    name=doc.name,
+                    version=doc.version,
+                    outcome="not-targeted",
+                    reason="not in the rollout step yet",
+                    at=at,
+                )
+            )
+            judged.add(doc.name)
+    for name, version in others:
+        if name not in judged:
+            states.append(DeploymentState(name=name, version=version, outcome="not-targeted", at=at))
+    return states
