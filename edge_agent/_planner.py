@@ -13,7 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from modules.deployment import Manifest, ModelfleetModule
+from modules.deployment import (
+    DEFAULT_RESTART_POLICY,
+    STARTUP_ORDER_MAX,
+    Manifest,
+    ModelfleetModule,
+    RestartPolicy,
+)
 
 
 @dataclass(frozen=True)
@@ -24,8 +30,8 @@ class DesiredModule:
     digest: str
     port: int
     status: Literal["running", "stopped"] = "running"
-    restart_policy: str = "always"
-    startup_order: int = 4294967295
+    restart_policy: RestartPolicy = DEFAULT_RESTART_POLICY
+    startup_order: int = STARTUP_ORDER_MAX
     env: Mapping[str, str] = field(default_factory=dict)
     execution_providers: tuple[str, ...] | None = None
     health_probe: Mapping[str, Any] | None = None
@@ -53,7 +59,7 @@ class ActualModule:
     name: str
     fingerprint: str
     digest: str
-    startup_order: int = 4294967295
+    startup_order: int = STARTUP_ORDER_MAX
 
 
 @dataclass(frozen=True)
@@ -120,8 +126,8 @@ def desired_modules(
             digest=s.digest,
             port=s.port,
             status="stopped" if module.status == "stopped" else "running",
-            restart_policy=module.restart_policy or "always",
-            startup_order=module.startup_order if module.startup_order is not None else 4294967295,
+            restart_policy=module.restart_policy or DEFAULT_RESTART_POLICY,
+            startup_order=module.startup_order if module.startup_order is not None else STARTUP_ORDER_MAX,
             env={k: str(v.value) for k, v in (module.env or {}).items()},
             execution_providers=tuple(s.execution_providers) if s.execution_providers else None,
             health_probe=s.health_probe.model_dump() if s.health_probe else None,

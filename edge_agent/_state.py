@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from edge_agent._planner import DesiredModule
+from modules.atomic_file import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +133,5 @@ class StateFile:
     def save(self, state: PersistedState) -> None:
         """Write-then-rename with fsync: a crash leaves the old or the new file, never half of one."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
         data = json.dumps(state.model_dump(mode="json"), indent=1, sort_keys=True).encode()
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_atomic(self.path, data, mode=0o600)

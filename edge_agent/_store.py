@@ -21,17 +21,23 @@ import contextlib
 import logging
 import os
 import shutil
-import tarfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from modules import ModelfleetError, RegistryUnreachableError
-from modules.model_config import safe_relative_path
+from modules import InvalidPackageError, ModelfleetError, RegistryUnreachableError
+from modules.artifact import (
+    CODE_DIR,
+    Descriptor,
+    ModuleManifest,
+    extract_code,
+    parse_module_manifest,
+    parse_module_spec,
+)
+from modules.atomic_file import fsync_dir, write_atomic
 from modules.oci import RegistryClient, check_digest, sha256_bytes, sha256_file
-from modules.oci import media_types as mt
 from modules.spec import ModuleSpec
 from modules.unpack import UnpackedModule
 
@@ -73,6 +79,15 @@ class CorruptArtifactError(ModelfleetError):
     """
 
 
+@contextlib.contextmanager
+def _corrupt() -> Iterator[None]:
+    """The contract's reader says "invalid package"; on a device that is a corrupt artifact."""
+    try:
+        yield
+    except InvalidPackageError as exc:
+        raise CorruptArtifactError(str(exc)) from exc
+
+
 # A complete module on disk: the same layout `modules.unpack` produces on a workstation.
 StoredModule = UnpackedModule
 
@@ -82,31 +97,6 @@ class GcReport:
     removed_modules: int
     removed_blobs: int
     freed_bytes: int
-
-
-class _Descriptor(BaseModel):
-    """One manifest entry; the digest pattern matters because its hex becomes a file name."""
-
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-    media_type: str = Field(alias="mediaType")
-    digest: str = Field(pattern=r"^sha256:[a-f0-9]{64}$")
-    size: int = Field(ge=0)
-    annotations: dict[str, str] = Field(default_factory=dict)
-
-
-class _ModuleManifest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    config: _Descriptor
-    layers: list[_Descriptor] = Field(default_factory=list)
-
-    def unique_layers(self) -> list[_Descriptor]:
-        """Layers by digest: two identical files in one module are one blob to fetch and check."""
-        seen: dict[str, _Descriptor] = {}
-        for layer in self.layers:
-            seen.setdefault(layer.digest, layer)
-        return list(seen.values())
 
 
 class ArtifactStore:
@@ -170,14 +160,14 @@ class ArtifactStore:
             for layer in manifest.unique_layers():
                 if self.blob_path(layer.digest).stat().st_size != layer.size:
                     return None
-            for layer, target in _model_targets(manifest, folder):
+            for layer, target in manifest.model_targets(folder):
                 if target.stat().st_size != layer.size:
                     return None
-        except (OSError, ValueError, ValidationError, CorruptArtifactError):
+        except (OSError, ValueError, ValidationError, InvalidPackageError):
             return None
         return StoredModule(digest=digest, spec=spec, root=folder)
 
-    def _read_manifest(self, digest: str) -> _ModuleManifest | None:
+    def _read_manifest(self, digest: str) -> ModuleManifest | None:
         """The stored manifest, only if it still hashes to its name."""
         try:
             body = self._manifest_path(digest).read_bytes()
@@ -187,8 +177,8 @@ class ArtifactStore:
             log.warning("stored manifest %s is corrupt; it will be fetched again", digest)
             return None
         try:
-            return _ModuleManifest.model_validate_json(body)
-        except ValidationError:
+            return parse_module_manifest(body, digest)
+        except InvalidPackageError:
             return None
 
     def usage(self) -> int:
@@ -226,7 +216,7 @@ class ArtifactStore:
                 if not await asyncio.to_thread(self._blob_intact, layer):
                     good = False
         if good:
-            for layer, target in _model_targets(manifest, folder):
+            for layer, target in manifest.model_targets(folder):
                 if not target.exists():
                     continue  # stored_module reports it incomplete; nothing to hash
                 if _same_file(target, self.blob_path(layer.digest)):
@@ -238,7 +228,7 @@ class ArtifactStore:
             await asyncio.to_thread(_remove_tree, folder)
         return good
 
-    def _blob_intact(self, layer: _Descriptor) -> bool:
+    def _blob_intact(self, layer: Descriptor) -> bool:
         """Hash one blob; a missing one is False, a wrong one is deleted (it must be refetched)."""
         path = self.blob_path(layer.digest)
         try:
@@ -298,21 +288,16 @@ class ArtifactStore:
         self, client: RegistryClient, repository: str, digest: str, progress: Progress | None
     ) -> StoredModule:
         fetched = await client.get_manifest(repository, digest)
-        try:
-            manifest = _ModuleManifest.model_validate_json(fetched.body)
-        except ValidationError as exc:
-            raise CorruptArtifactError(f"{repository}@{digest} is not a valid image manifest: {exc}") from exc
-        if manifest.config.media_type != mt.MODULE_CONFIG:
-            raise CorruptArtifactError(f"{repository}@{digest} is not a modelfleet module artifact")
+        where = f"{repository}@{digest}"
+        with _corrupt():
+            manifest = parse_module_manifest(fetched.body, where)
         self._in_flight[digest] = {layer.digest for layer in manifest.layers}
         config = await _get_config(client, repository, manifest.config.digest)
-        try:
-            spec = ModuleSpec.model_validate_json(config)
-        except ValidationError as exc:
-            raise CorruptArtifactError(f"the spec of module {repository}@{digest} is invalid: {exc}") from exc
-        _model_targets(manifest, self._module_path(digest))  # refuse unsafe titles before any download
+        with _corrupt():
+            spec = parse_module_spec(config, where)
+            manifest.model_targets(self._module_path(digest))  # refuse unsafe titles before any download
 
-        missing: list[_Descriptor] = []
+        missing: list[Descriptor] = []
         for layer in manifest.unique_layers():
             async with self._blob_lock(layer.digest):
                 if not await asyncio.to_thread(self._blob_intact, layer):
@@ -330,11 +315,11 @@ class ArtifactStore:
             await self._download(client, repository, layer, done, total, progress)
             done += layer.size
 
-        await asyncio.to_thread(_write_atomic, self._manifest_path(digest), fetched.body)
+        await asyncio.to_thread(write_atomic, self._manifest_path(digest), fetched.body)
         await asyncio.to_thread(self._materialize, digest, manifest, config)
         return StoredModule(digest=digest, spec=spec, root=self._module_path(digest))
 
-    def _partial_size(self, layer: _Descriptor) -> int:
+    def _partial_size(self, layer: Descriptor) -> int:
         """Bytes a resumed download will not fetch again; an over-long partial is discarded."""
         try:
             size = self.blob_path(layer.digest).with_name(_hex(layer.digest) + _PARTIAL).stat().st_size
@@ -346,7 +331,7 @@ class ArtifactStore:
         self,
         client: RegistryClient,
         repository: str,
-        layer: _Descriptor,
+        layer: Descriptor,
         done: int,
         total: int,
         progress: Progress | None,
@@ -365,7 +350,7 @@ class ArtifactStore:
             with contextlib.suppress(OSError):
                 path.chmod(0o444)
 
-    def _materialize(self, digest: str, manifest: _ModuleManifest, config: bytes) -> None:
+    def _materialize(self, digest: str, manifest: ModuleManifest, config: bytes) -> None:
         """Build the module folder beside its final place, then rename it in.
 
         The `.complete` marker is written (atomically) inside the temporary folder last, and the
@@ -376,16 +361,18 @@ class ArtifactStore:
         tmp = self._modules / f"{_TMP_PREFIX}{_hex(digest)}-{os.urandom(4).hex()}"
         tmp.mkdir()
         try:
-            for layer, target in _model_targets(manifest, tmp):
+            with _corrupt():
+                targets = manifest.model_targets(tmp)
+            for layer, target in targets:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.unlink(missing_ok=True)
                 _link_or_copy(self.blob_path(layer.digest), target)
-            code = [layer for layer in manifest.layers if layer.media_type == mt.MODULE_CODE]
-            (tmp / "code").mkdir()
-            for layer in code:
-                _extract(self.blob_path(layer.digest), tmp / "code")
-            _write_atomic(tmp / _SPEC, config)
-            _write_atomic(tmp / _COMPLETE, digest.encode())
+            (tmp / CODE_DIR).mkdir()
+            for layer in manifest.code_layers:
+                with _corrupt():
+                    extract_code(self.blob_path(layer.digest), tmp / CODE_DIR)
+            write_atomic(tmp / _SPEC, config)
+            write_atomic(tmp / _COMPLETE, digest.encode())
             if final.exists():
                 trash = self._modules / f"{_TRASH_PREFIX}{_hex(digest)}-{os.urandom(4).hex()}"
                 os.rename(final, trash)
@@ -393,7 +380,7 @@ class ArtifactStore:
                 _remove_tree(trash)
             else:
                 os.rename(tmp, final)
-            _fsync_dir(self._modules)
+            fsync_dir(self._modules)
         except BaseException:
             _remove_tree(tmp)
             raise
@@ -498,20 +485,6 @@ def _hex(digest: str) -> str:
     return check_digest(digest).split(":", 1)[1]
 
 
-def _model_targets(manifest: _ModuleManifest, folder: Path) -> list[tuple[_Descriptor, Path]]:
-    """Where each model layer lands: `models/<title>`, with the title refused if it could escape."""
-    targets = []
-    for layer in manifest.layers:
-        if layer.media_type != mt.MODEL_FILE:
-            continue
-        title = layer.annotations.get(mt.TITLE, "")
-        try:
-            targets.append((layer, folder / "models" / safe_relative_path(title)))
-        except ValueError as exc:
-            raise CorruptArtifactError(f"model layer {layer.digest}: {exc}") from exc
-    return targets
-
-
 def _link_or_copy(blob: Path, target: Path) -> None:
     """A hard link costs no space; a copy is the fallback where the filesystem refuses links."""
     try:
@@ -519,15 +492,6 @@ def _link_or_copy(blob: Path, target: Path) -> None:
     except OSError as exc:
         log.debug("hard link %s -> %s failed (%s); copying", blob, target, exc)
         shutil.copyfile(blob, target)
-
-
-def _extract(archive: Path, target: Path) -> None:
-    """The `data` filter refuses absolute paths, `..`, devices and links that leave `target`."""
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(target, filter="data")
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise CorruptArtifactError(f"cannot unpack the module's code layer: {exc}") from exc
 
 
 def _file_digest(path: Path) -> str:
@@ -539,30 +503,6 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return False
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Readers see the old file or the whole new one, even across a power cut."""
-    tmp = path.with_name(f"{path.name}.{os.urandom(4).hex()}.tmp")
-    try:
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _scandir(path: Path) -> list[os.DirEntry[str]]:

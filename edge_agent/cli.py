@@ -13,31 +13,9 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 from modules import ModelfleetError
-
-
-def _key_values(items: list[str] | None) -> dict[str, Any]:
-    from modules import ConfigError
-
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--tag expects KEY=VALUE, got {item!r}")
-        lowered = value.lower()
-        out[key] = True if lowered == "true" else False if lowered == "false" else _number(value)
-    return out
-
-
-def _number(value: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
+from modules.tags import parse_device_tags
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,7 +58,7 @@ def _run(args: argparse.Namespace) -> int:
         {
             "device_id": args.device_id,
             "fleet": args.fleet,
-            "tags": _key_values(args.tag),
+            "tags": parse_device_tags(args.tag),
             "hub": args.hub,
             "registry": args.registry,
             "trust": args.trust or [],

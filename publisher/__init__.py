@@ -5,7 +5,7 @@ The public Python API, named after Azure ML v1's where the ideas match.
 
 from modules import ModelfleetError
 from publisher._deploy import DeploymentExistsError, DeploymentSettings
-from publisher._hub import HubError, MethodTimeoutError
+from publisher._hub import FleetConnection, HubError, MethodTimeoutError
 from publisher._model import Model
 from publisher._module import Module
 from publisher._rollout import RolloutResult
@@ -17,6 +17,7 @@ __all__ = [
     "DeploymentExistsError",
     "DeploymentFailedError",
     "DeploymentSettings",
+    "FleetConnection",
     "HubError",
     "InferenceConfig",
     "MethodTimeoutError",

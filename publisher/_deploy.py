@@ -12,21 +12,27 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from modules import ConfigError, ModelfleetError, NotFoundError
-from modules.deployment import DeploymentDocument, sign_document
+from modules.deployment import (
+    DEFAULT_MAX_FAILURE_RATIO,
+    DEFAULT_MIN_HEALTHY_SECONDS,
+    DEFAULT_RESTART_POLICY,
+    DeploymentDocument,
+    RestartPolicy,
+    sign_document,
+)
 from modules.signing import load_signing_key
 from modules.spec import MODULE_REPOSITORY_PREFIX
 from publisher import _service_keys
-from publisher._hub import Hub, now
+from publisher._hub import FleetConnection, now
 from publisher._module import Module
 from publisher._versions import check_name, parse_ref, resolve_version
 from publisher._workspace import Workspace
 
-RestartPolicy = Literal["never", "on-failure", "on-unhealthy", "always"]
 DEFAULT_PORT = 5001
 
 
@@ -42,12 +48,12 @@ class DeploymentSettings(BaseModel):
     target: str = "*"
     priority: int = 0
     env: dict[str, str] = Field(default_factory=dict)
-    restart_policy: RestartPolicy = "on-unhealthy"
+    restart_policy: RestartPolicy = DEFAULT_RESTART_POLICY
     port: int = Field(DEFAULT_PORT, ge=1, le=65535, description="First module's port; the next get +1")
     auth: bool = False
     rollout: list[int] | None = None
-    min_healthy_seconds: int = Field(300, ge=0)
-    max_failure_ratio: float = Field(0.05, ge=0, le=1)
+    min_healthy_seconds: int = Field(DEFAULT_MIN_HEALTHY_SECONDS, ge=0)
+    max_failure_ratio: float = Field(DEFAULT_MAX_FAILURE_RATIO, ge=0, le=1)
     device: str | None = None
     layered: bool = False
 
@@ -84,7 +90,7 @@ async def resolve_modules(workspace: Workspace, refs: Sequence[str | Module]) ->
                 continue
             name, version = parse_ref(ref, "module")
             number = await resolve_version(client, MODULE_REPOSITORY_PREFIX + name, version, "module")
-            out.append(await Module._load(workspace, client, name, number))
+            out.append(await Module.from_registry(workspace, client, name, number))
     names = [m.name for m in out]
     if len(set(names)) != len(names):
         raise ConfigError(f"a module appears twice in the deployment: {', '.join(names)}")
@@ -161,11 +167,11 @@ def validate(data: Mapping[str, Any]) -> DeploymentDocument:
         raise ConfigError(f"invalid deployment: {where}: {first['msg']}") from None
 
 
-def topic_for(hub: Hub, name: str, device: str | None) -> str:
+def topic_for(hub: FleetConnection, name: str, device: str | None) -> str:
     return hub.topics.desired(device) if device is not None else hub.topics.deployment(name)
 
 
-def current(hub: Hub, name: str, device: str | None = None) -> dict[str, Any] | None:
+def current(hub: FleetConnection, name: str, device: str | None = None) -> dict[str, Any] | None:
     """The retained document for `name` (or the device's override), as the broker holds it."""
     if device is not None:
         raw = hub.snapshot.overrides.get(device)
@@ -173,7 +179,7 @@ def current(hub: Hub, name: str, device: str | None = None) -> dict[str, Any] | 
     return hub.snapshot.documents.get(name)
 
 
-async def publish(hub: Hub, workspace: Workspace, data: Mapping[str, Any]) -> DeploymentDocument:
+async def publish(hub: FleetConnection, workspace: Workspace, data: Mapping[str, Any]) -> DeploymentDocument:
     """Validate, sign with the workspace key and publish retained; the signed document is returned."""
     document = validate({k: v for k, v in data.items() if k != "signature"})
     if any((m.settings.model_extra or {}).get("auth") for m in document.content.modules.values()):
@@ -193,7 +199,7 @@ def republished(raw: Mapping[str, Any], version: int, **changes: Any) -> dict[st
 
 
 async def create(
-    hub: Hub,
+    hub: FleetConnection,
     workspace: Workspace,
     name: str,
     modules: Sequence[str | Module],
@@ -212,7 +218,7 @@ async def create(
 
 
 async def update(
-    hub: Hub,
+    hub: FleetConnection,
     workspace: Workspace,
     name: str,
     modules: Sequence[str | Module] | None = None,
@@ -264,19 +270,19 @@ def _settings_of(doc: DeploymentDocument) -> DeploymentSettings:
         target=doc.target_condition,
         priority=doc.priority,
         env=env,
-        restart_policy=(first.restart_policy if first and first.restart_policy else "on-unhealthy"),
+        restart_policy=(first.restart_policy if first and first.restart_policy else DEFAULT_RESTART_POLICY),
         port=getattr(first.settings, "port", DEFAULT_PORT) if first else DEFAULT_PORT,
         auth=bool(extra.get("auth")),
         rollout=rollout.steps if rollout else None,
-        min_healthy_seconds=rollout.min_healthy_seconds if rollout else 300,
-        max_failure_ratio=rollout.max_failure_ratio if rollout else 0.05,
+        min_healthy_seconds=rollout.min_healthy_seconds if rollout else DEFAULT_MIN_HEALTHY_SECONDS,
+        max_failure_ratio=rollout.max_failure_ratio if rollout else DEFAULT_MAX_FAILURE_RATIO,
         device=doc.device,
         layered=doc.layered,
     )
 
 
 async def delete(
-    hub: Hub, name: str, *, device: str | None = None, workspace: Workspace | None = None
+    hub: FleetConnection, name: str, *, device: str | None = None, workspace: Workspace | None = None
 ) -> dict[str, Any]:
     """Clear the retained document (and the devices' sealed keys); returns what was deleted."""
     previous = current(hub, name, device)
@@ -288,7 +294,7 @@ async def delete(
     return previous
 
 
-def documents(hub: Hub) -> list[DeploymentDocument]:
+def documents(hub: FleetConnection) -> list[DeploymentDocument]:
     """Every deployment and override the broker holds, parsed; odd documents are skipped."""
     out = []
     for raw in [*hub.snapshot.documents.values(), *hub.snapshot.overrides.values()]:

@@ -10,13 +10,14 @@ import sys
 from typing import Any
 
 from modules import ConfigError, ModelfleetError
+from modules.tags import parse_tags
 from publisher import _deploy
+from publisher._cli_output import print_json, table
 from publisher._deploy import DeploymentSettings
-from publisher._hub import Hub
-from publisher._rollout import ProgressDisplay, drive
+from publisher._hub import FleetConnection
+from publisher._rollout import UNSTAGED_MAX_FAILURE_RATIO, ProgressDisplay, drive
 from publisher._status import STATUS_HEADERS, device_row, fleet_status, status_table
 from publisher._workspace import Workspace
-from publisher.cli import _key_values, _print_json, _table
 
 
 def _changes(args: argparse.Namespace) -> dict[str, Any]:
@@ -24,7 +25,7 @@ def _changes(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "target": args.target,
         "priority": args.priority,
-        "env": _key_values(args.env, "--env") if args.env else None,
+        "env": parse_tags(args.env, option="--env") if args.env else None,
         "restart_policy": args.restart_policy,
         "port": args.port,
         "auth": args.auth,
@@ -43,7 +44,7 @@ def run_deploy(ws: Workspace, args: argparse.Namespace) -> int:
 
 
 async def _deploy_async(ws: Workspace, args: argparse.Namespace) -> int:
-    async with Hub(ws) as hub:
+    async with FleetConnection(ws) as hub:
         if args.action in ("create", "update"):
             if args.action == "create":
                 given = {k: v for k, v in _changes(args).items() if v is not None}
@@ -59,7 +60,7 @@ async def _deploy_async(ws: Workspace, args: argparse.Namespace) -> int:
                 print(f"published {doc.name} version {doc.version}{where}")
             if not args.wait:
                 if args.json:
-                    _print_json(_doc_json(doc))
+                    print_json(_doc_json(doc))
                 return 0
             display = ProgressDisplay(sys.stderr)
             result = await drive(
@@ -69,10 +70,12 @@ async def _deploy_async(ws: Workspace, args: argparse.Namespace) -> int:
                 previous,
                 step_timeout_s=args.timeout,
                 display=display,
-                max_failure_ratio=args.max_failure_ratio or 0.0,
+                max_failure_ratio=(
+                    UNSTAGED_MAX_FAILURE_RATIO if args.max_failure_ratio is None else args.max_failure_ratio
+                ),
             )
             if args.json:
-                _print_json(
+                print_json(
                     {
                         "ok": result.ok,
                         "name": result.name,
@@ -88,7 +91,7 @@ async def _deploy_async(ws: Workspace, args: argparse.Namespace) -> int:
         if args.action == "list":
             docs = _deploy.documents(hub)
             if args.json:
-                _print_json([_doc_json(d) for d in docs])
+                print_json([_doc_json(d) for d in docs])
             elif docs:
                 rows = [
                     [
@@ -104,7 +107,7 @@ async def _deploy_async(ws: Workspace, args: argparse.Namespace) -> int:
                     ]
                     for d in docs
                 ]
-                print(_table(rows, ["name", "version", "device", "target", "priority", "rollout", "modules"]))
+                print(table(rows, ["name", "version", "device", "target", "priority", "rollout", "modules"]))
             else:
                 print("no deployments")
             return 0
@@ -126,7 +129,7 @@ async def _deploy_async(ws: Workspace, args: argparse.Namespace) -> int:
                 if stored is None:
                     raise ModelfleetError(f"deployment {args.name!r} has no keys: create it with --auth")
             if args.json:
-                _print_json(
+                print_json(
                     {"primary": stored.primary, "secondary": stored.secondary, "version": stored.version}
                 )
             else:
@@ -144,13 +147,13 @@ def run_status(ws: Workspace, args: argparse.Namespace) -> int:
 
 
 async def _status_async(ws: Workspace, args: argparse.Namespace) -> int:
-    async with Hub(ws) as hub:
+    async with FleetConnection(ws) as hub:
         status = fleet_status(hub.snapshot, _deploy.documents(hub), args.deployment)
     if args.json:
-        _print_json(status)
+        print_json(status)
         return 0
     rows = status_table(status)
-    print(_table(rows, STATUS_HEADERS) if rows else "no devices")
+    print(table(rows, STATUS_HEADERS) if rows else "no devices")
     for d in status["deployments"]:
         where = f" (device {d['device']})" if d["device"] else ""
         step = ""
@@ -169,14 +172,14 @@ def run_device(ws: Workspace, args: argparse.Namespace) -> int:
 
 
 async def _device_async(ws: Workspace, args: argparse.Namespace) -> int:
-    async with Hub(ws) as hub:
+    async with FleetConnection(ws) as hub:
         snap = hub.snapshot
         if args.action == "list":
             rows = [device_row(snap, i) for i in snap.device_ids]
             if args.json:
-                _print_json(rows)
+                print_json(rows)
             elif rows:
-                table = [
+                cells = [
                     [
                         r["device_id"],
                         "online" if r["online"] else "offline",
@@ -187,16 +190,14 @@ async def _device_async(ws: Workspace, args: argparse.Namespace) -> int:
                     ]
                     for r in rows
                 ]
-                print(_table(table, ["device", "presence", "last seen", "tags", "health", "deployments"]))
+                print(table(cells, ["device", "presence", "last seen", "tags", "health", "deployments"]))
             else:
                 print("no devices")
             return 0
         if args.device_id not in snap.device_ids:
             raise ConfigError(f"no device {args.device_id!r} in fleet {ws.fleet!r}")
         if args.action == "show":
-            _print_json(device_row(snap, args.device_id)) if args.json else _print_device(
-                snap, args.device_id
-            )
+            print_json(device_row(snap, args.device_id)) if args.json else _print_device(snap, args.device_id)
             return 0
         method, payload = {
             "logs": ("getLogs", lambda: {"module": args.module, "tail": args.tail}),
@@ -208,7 +209,7 @@ async def _device_async(ws: Workspace, args: argparse.Namespace) -> int:
         error = answer.payload.get("error") if isinstance(answer.payload, dict) else answer.payload
         raise ModelfleetError(f"{args.device_id}: {method} failed ({answer.status}): {error}")
     if getattr(args, "json", False):
-        _print_json(answer.payload)
+        print_json(answer.payload)
     elif args.action == "logs":
         print("\n".join(answer.payload.get("lines", [])))
     elif args.action == "restart":

@@ -2,8 +2,10 @@
 and direct-method calls.
 
 There is no server to ask "what is deployed, who is online": the broker's retained messages are
-the answer. A `Hub` subscribes to every retained topic of the fleet and keeps a `FleetSnapshot`
-current for as long as it is open, so `status` reads it once and a rollout watches it change.
+the answer. A `FleetConnection` subscribes to every retained topic of the fleet and keeps a
+`FleetSnapshot` current for as long as it is open, so `status` reads it once and a rollout
+watches it change. (Not to be confused with `modules.hub.EmbeddedHub`, the one-machine broker
+and registry it may be connected to.)
 
 MQTT has no "end of retained messages" marker. After subscribing, the hub publishes a message to
 a topic only it listens on and waits for it to come back (`sync`): a broker queues the retained
@@ -73,8 +75,8 @@ def _mqtt_settings(workspace: Workspace) -> MqttSettings:
         raise ConfigError(f"invalid hub {workspace.hub!r}: {exc.errors()[0]['msg']}") from None
 
 
-class Hub:
-    """An open connection to one fleet's control plane; use as `async with Hub(ws) as hub`."""
+class FleetConnection:
+    """An open connection to one fleet's control plane; use as `async with FleetConnection(ws) as hub`."""
 
     def __init__(self, workspace: Workspace, *, connect_timeout: float = 10.0) -> None:
         self.workspace = workspace
@@ -89,7 +91,7 @@ class Hub:
         self._waiting: dict[str, asyncio.Future[bytes]] = {}
         self._reader: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> Hub:
+    async def __aenter__(self) -> FleetConnection:
         for topic in (
             self.topics.all_deployments,
             f"{self.topics.prefix}/devices/+/desired",

@@ -7,15 +7,15 @@ publishing scripts port with few changes. Each method has an `*_async` twin for 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from modules import InvalidModelError, ModelfleetError, NotFoundError
+from modules.artifact import model_manifest
 from modules.model_config import MODEL_REPOSITORY_PREFIX, ModelConfig, ModelFile
-from modules.oci import RegistryClient, sha256_bytes, sha256_file
+from modules.oci import RegistryClient, sha256_file
 from modules.oci import media_types as mt
 from modules.onnx_signature import inspect_onnx
 from publisher._versions import (
@@ -153,14 +153,17 @@ class Model:
                 await client.push_blob(repository, file, entry.digest)
             config_blob = config.model_dump_json().encode()
             await client.push_blob(repository, config_blob)
-            manifest = _model_manifest(config, config_blob)
+            manifest = model_manifest(config, config_blob)
             digest = await client.put_manifest(repository, str(number), manifest, mt.OCI_MANIFEST)
         return cls._from_config(workspace, config, digest)
 
     # -- read -------------------------------------------------------------------------------
 
     @classmethod
-    async def _load(cls, workspace: Workspace, client: RegistryClient, name: str, version: int) -> Model:
+    async def from_registry(
+        cls, workspace: Workspace, client: RegistryClient, name: str, version: int
+    ) -> Model:
+        """One version read with an already open client, so callers reading many share it."""
         repository = MODEL_REPOSITORY_PREFIX + name
         raw, digest = await read_config(client, repository, version, "model", mt.MODEL_CONFIG)
         return cls._from_config(workspace, ModelConfig.model_validate_json(raw), digest)
@@ -170,8 +173,7 @@ class Model:
         check_name(name, "model")
         async with workspace.registry_client() as client:
             number = await resolve_version(client, MODEL_REPOSITORY_PREFIX + name, version, "model")
-            return await cls._load(workspace, client, name, number)
-
+            return await cls.from_registry(workspace, client, name, number)
 
     @classmethod
     def list(
@@ -194,7 +196,7 @@ class Model:
         filters = parse_tag_filters(tags)
         async with workspace.registry_client() as client:
             wanted = await named_versions(client, MODEL_REPOSITORY_PREFIX, name, "model", latest)
-            models = await gather_limited([cls._load(workspace, client, n, v) for n, v in wanted])
+            models = await gather_limited([cls.from_registry(workspace, client, n, v) for n, v in wanted])
         return [m for m in models if _matches(m.config.tags, filters)]
 
     # -- download / delete --------------------------------------------------------------------
@@ -229,36 +231,3 @@ class Model:
             if digest is None:
                 raise NotFoundError(f"model {self.id} does not exist")
             await client.delete_manifest(self.repository, digest)
-
-
-def _model_manifest(config: ModelConfig, config_blob: bytes) -> bytes:
-    annotations = {
-        mt.TITLE: config.name,
-        mt.VERSION: str(config.version),
-        mt.CREATED: config.created.isoformat().replace("+00:00", "Z"),
-        mt.FRAMEWORK: config.framework,
-        mt.TAGS: json.dumps(config.tags, sort_keys=True),
-        mt.PROPERTIES: json.dumps(config.properties, sort_keys=True),
-    }
-    if config.description:
-        annotations[mt.DESCRIPTION] = config.description
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": mt.OCI_MANIFEST,
-        "config": {
-            "mediaType": mt.MODEL_CONFIG,
-            "digest": sha256_bytes(config_blob),
-            "size": len(config_blob),
-        },
-        "layers": [
-            {
-                "mediaType": mt.MODEL_FILE,
-                "digest": f.digest,
-                "size": f.size,
-                "annotations": {mt.TITLE: f.path},
-            }
-            for f in config.files
-        ],
-        "annotations": annotations,
-    }
-    return json.dumps(manifest, indent=2, sort_keys=False).encode()

@@ -7,7 +7,6 @@ new entry script for an already registered model moves no model bytes.
 from __future__ import annotations
 
 import asyncio
-import json
 import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -15,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from modules import InvalidPackageError
+from modules.artifact import module_manifest
 from modules.model_config import MODEL_REPOSITORY_PREFIX
-from modules.oci import RegistryClient, TransferStats, sha256_bytes
+from modules.oci import RegistryClient, TransferStats
 from modules.oci import media_types as mt
 from modules.spec import MODULE_REPOSITORY_PREFIX, ExecutionProvider, ModelRef, ModuleSpec
 from publisher._model import Model
@@ -37,8 +37,6 @@ from publisher._versions import (
     resolve_version,
 )
 from publisher._workspace import Workspace
-
-CODE_LAYER_TITLE = "code.tar.gz"
 
 
 class Module:
@@ -138,50 +136,14 @@ class Module:
                 execution_providers=list(providers or ["cpu"]),
                 created=datetime.now(UTC).replace(microsecond=0),
             )
-            layers: list[dict[str, Any]] = []
             for ref in refs:
                 for f in ref.files:
                     await _ensure_model_blob(client, repository, ref.name, f.digest, f.size)
-                    layers.append(
-                        {
-                            "mediaType": mt.MODEL_FILE,
-                            "digest": f.digest,
-                            "size": f.size,
-                            "annotations": {
-                                mt.TITLE: f"{ref.name}/{f.path}",
-                                mt.MODEL_REF: f"{ref.name}:{ref.version}",
-                            },
-                        }
-                    )
             if code_layer is not None:
                 await client.push_blob(repository, code_layer)
-                layers.append(
-                    {
-                        "mediaType": mt.MODULE_CODE,
-                        "digest": sha256_bytes(code_layer),
-                        "size": len(code_layer),
-                        "annotations": {mt.TITLE: CODE_LAYER_TITLE},
-                    }
-                )
             config_blob = spec.model_dump_json().encode()
             await client.push_blob(repository, config_blob)
-            manifest = {
-                "schemaVersion": 2,
-                "mediaType": mt.OCI_MANIFEST,
-                "config": {
-                    "mediaType": mt.MODULE_CONFIG,
-                    "digest": sha256_bytes(config_blob),
-                    "size": len(config_blob),
-                },
-                "layers": layers,
-                "annotations": {
-                    mt.TITLE: spec.name,
-                    mt.VERSION: str(spec.version),
-                    mt.CREATED: spec.created.isoformat().replace("+00:00", "Z"),
-                    **({mt.DESCRIPTION: description} if description else {}),
-                },
-            }
-            body = json.dumps(manifest, indent=2).encode()
+            body = module_manifest(spec, config_blob, code_layer)
             digest = await client.put_manifest(repository, str(spec.version), body, mt.OCI_MANIFEST)
             stats = client.stats
         return cls._from_spec(workspace, spec, digest, stats)
@@ -189,7 +151,10 @@ class Module:
     # -- read ---------------------------------------------------------------------------------
 
     @classmethod
-    async def _load(cls, workspace: Workspace, client: RegistryClient, name: str, version: int) -> Module:
+    async def from_registry(
+        cls, workspace: Workspace, client: RegistryClient, name: str, version: int
+    ) -> Module:
+        """One version read with an already open client, so callers reading many share it."""
         repository = MODULE_REPOSITORY_PREFIX + name
         raw, digest = await read_config(client, repository, version, "module", mt.MODULE_CONFIG)
         return cls._from_spec(workspace, ModuleSpec.model_validate_json(raw), digest)
@@ -199,7 +164,7 @@ class Module:
         check_name(name, "module")
         async with workspace.registry_client() as client:
             number = await resolve_version(client, MODULE_REPOSITORY_PREFIX + name, version, "module")
-            return await cls._load(workspace, client, name, number)
+            return await cls.from_registry(workspace, client, name, number)
 
     @classmethod
     def list(cls, workspace: Workspace, name: str | None = None, latest: bool = False) -> list[Module]:
@@ -211,7 +176,7 @@ class Module:
     ) -> list[Module]:
         async with workspace.registry_client() as client:
             wanted = await named_versions(client, MODULE_REPOSITORY_PREFIX, name, "module", latest)
-            return await gather_limited([cls._load(workspace, client, n, v) for n, v in wanted])
+            return await gather_limited([cls.from_registry(workspace, client, n, v) for n, v in wanted])
 
 
 async def _model_ref(workspace: Workspace, client: RegistryClient, model: str | Model) -> ModelRef:
@@ -219,7 +184,7 @@ async def _model_ref(workspace: Workspace, client: RegistryClient, model: str | 
         return ModelRef(name=model.name, version=model.version, digest=model.digest, files=model.files)
     name, version = parse_ref(model, "model")
     number = await resolve_version(client, MODEL_REPOSITORY_PREFIX + name, version, "model")
-    loaded = await Model._load(workspace, client, name, number)
+    loaded = await Model.from_registry(workspace, client, name, number)
     return ModelRef(name=name, version=number, digest=loaded.digest, files=loaded.files)
 
 

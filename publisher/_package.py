@@ -1,15 +1,12 @@
 """Turning an entry script, its source folder and its environment into module layers and a spec.
 
-The code layer is a reproducible tar.gz (sorted entries, zeroed times and owners), so the same
-source gives the same digest and a re-package uploads nothing new.
+The code layer is a reproducible tar.gz (sorted entries; `modules.artifact.code_archive` zeroes
+times and owners), so the same source gives the same digest and a re-package uploads nothing new.
 """
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
-import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +14,7 @@ import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 
 from modules import InvalidPackageError
+from modules.artifact import CodeFile, code_archive
 
 _SKIP = {".git", "__pycache__", ".ipynb_checkpoints", ".venv", ".mypy_cache", ".pytest_cache"}
 _MAX_SAMPLE_BYTES = 1 << 20
@@ -61,21 +59,10 @@ def build_code_layer(folder: Path, script: Path, *, whole_folder: bool) -> bytes
         ]
     else:
         files = [script]
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in files:
-            info = tarfile.TarInfo(path.relative_to(folder).as_posix())
-            data = path.read_bytes()
-            info.size = len(data)
-            info.mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
-            info.mtime = 0
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            tar.addfile(info, io.BytesIO(data))
-    out = io.BytesIO()
-    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0, compresslevel=6) as gz:
-        gz.write(raw.getvalue())
-    return out.getvalue()
+    return code_archive(
+        CodeFile(path.relative_to(folder).as_posix(), path.read_bytes(), bool(path.stat().st_mode & 0o111))
+        for path in files
+    )
 
 
 def _check_requirements(lines: list[str], origin: str) -> list[str]:

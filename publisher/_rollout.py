@@ -19,9 +19,14 @@ from typing import Any, TextIO
 
 from modules.deployment import DeploymentDocument
 from publisher import _deploy
-from publisher._hub import Hub
+from publisher._hub import FleetConnection
 from publisher._status import STAGES, DeviceProgress, Stage, progress, stage_counts
 from publisher._workspace import Workspace
+
+STEP_TIMEOUT_S = 600.0
+"""How long one step may take to become healthy before the watcher gives up on it."""
+UNSTAGED_MAX_FAILURE_RATIO = 0.0
+"""A document without a rollout policy goes to every device at once: any failure aborts it."""
 
 
 @dataclass
@@ -82,7 +87,7 @@ class _Verdict:
     devices: list[DeviceProgress]
 
 
-def _judge(doc: DeploymentDocument, hub: Hub) -> _Verdict:
+def _judge(doc: DeploymentDocument, hub: FleetConnection) -> _Verdict:
     devices = progress(doc, hub.snapshot)
     members = [d for d in devices if d.in_step]
     failed = [d.device_id for d in members if d.stage == "failed"]
@@ -91,14 +96,14 @@ def _judge(doc: DeploymentDocument, hub: Hub) -> _Verdict:
 
 
 async def drive(
-    hub: Hub,
+    hub: FleetConnection,
     workspace: Workspace,
     doc: DeploymentDocument,
     previous: dict[str, Any] | None,
     *,
-    step_timeout_s: float = 600.0,
+    step_timeout_s: float = STEP_TIMEOUT_S,
     display: ProgressDisplay | None = None,
-    max_failure_ratio: float = 0.0,
+    max_failure_ratio: float = UNSTAGED_MAX_FAILURE_RATIO,
     on_step: Callable[[DeploymentDocument], Awaitable[None]] | None = None,
 ) -> RolloutResult:
     """Watch `doc` (already published) through every step; restore `previous` if it fails.
@@ -158,7 +163,7 @@ async def drive(
 
 
 async def _abort(
-    hub: Hub,
+    hub: FleetConnection,
     workspace: Workspace,
     doc: DeploymentDocument,
     previous: dict[str, Any] | None,
@@ -186,7 +191,7 @@ async def _abort(
     return RolloutResult(False, doc.name, restored.version, summary, counts, verdict.failed)
 
 
-async def _converge(hub: Hub, doc: DeploymentDocument, timeout_s: float) -> bool:
+async def _converge(hub: FleetConnection, doc: DeploymentDocument, timeout_s: float) -> bool:
     """Wait until every targeted online device reports `doc` applied; tell whether they did."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s

@@ -21,10 +21,16 @@ from modules import ModelfleetError
 from modules.deployment import DeploymentDocument
 from publisher import _deploy, _service_keys
 from publisher._deploy import DeploymentSettings
-from publisher._hub import Hub
+from publisher._hub import FleetConnection
 from publisher._model import Model
 from publisher._module import Module
-from publisher._rollout import ProgressDisplay, RolloutResult, drive
+from publisher._rollout import (
+    STEP_TIMEOUT_S,
+    UNSTAGED_MAX_FAILURE_RATIO,
+    ProgressDisplay,
+    RolloutResult,
+    drive,
+)
 from publisher._status import deployment_summary, owned_modules
 from publisher._workspace import Workspace
 
@@ -89,10 +95,10 @@ class Service:
         asyncio.run(self._refresh())
 
     async def _refresh(self) -> None:
-        async with Hub(self.workspace) as hub:
+        async with FleetConnection(self.workspace) as hub:
             self._read(hub)
 
-    def _read(self, hub: Hub) -> None:
+    def _read(self, hub: FleetConnection) -> None:
         raw = _deploy.current(hub, self.name, self.device)
         if raw is None:
             raise ModelfleetError(f"deployment {self.name!r} does not exist")
@@ -146,7 +152,7 @@ class Service:
 
     async def _get_logs(self, tail: int, device_id: str | None) -> dict[str, dict[str, list[str]]]:
         out: dict[str, dict[str, list[str]]] = {}
-        async with Hub(self.workspace) as hub:
+        async with FleetConnection(self.workspace) as hub:
             self._read(hub)
             for device, report in sorted(hub.snapshot.reports.items()):
                 if (device_id is not None and device != device_id) or not hub.snapshot.online(device):
@@ -160,13 +166,17 @@ class Service:
     # -- changing -----------------------------------------------------------------------------
 
     def wait_for_deployment(
-        self, show_output: bool = False, timeout_sec: float = 600.0, *, max_failure_ratio: float = 0.0
+        self,
+        show_output: bool = False,
+        timeout_sec: float = STEP_TIMEOUT_S,
+        *,
+        max_failure_ratio: float = UNSTAGED_MAX_FAILURE_RATIO,
     ) -> RolloutResult:
         """Drive the current version through its rollout steps; raise if it is aborted."""
         return asyncio.run(self._wait(show_output, timeout_sec, max_failure_ratio))
 
     async def _wait(self, show_output: bool, timeout_sec: float, max_failure_ratio: float) -> RolloutResult:
-        async with Hub(self.workspace) as hub:
+        async with FleetConnection(self.workspace) as hub:
             self._read(hub)
             display = ProgressDisplay(sys.stdout, enabled=show_output)
             result = await drive(
@@ -219,7 +229,7 @@ class Service:
                 config = InferenceConfig()
             modules = [await _package(self.workspace, names[0], models, config)]
             self.inference_config = config
-        async with Hub(self.workspace) as hub:
+        async with FleetConnection(self.workspace) as hub:
             _, self._previous = await _deploy.update(
                 hub, self.workspace, self.name, modules, device=self.device, **settings
             )
@@ -240,7 +250,7 @@ class Service:
         asyncio.run(self._regen(key))
 
     async def _regen(self, key: str) -> None:
-        async with Hub(self.workspace) as hub:
+        async with FleetConnection(self.workspace) as hub:
             await _service_keys.regenerate(hub, self.workspace, self.name, key)  # type: ignore[arg-type]
 
     def delete(self) -> None:
@@ -248,7 +258,7 @@ class Service:
         asyncio.run(self._delete())
 
     async def _delete(self) -> None:
-        async with Hub(self.workspace) as hub:
+        async with FleetConnection(self.workspace) as hub:
             await _deploy.delete(hub, self.name, device=self.device, workspace=self.workspace)
 
     def __repr__(self) -> str:
@@ -276,7 +286,7 @@ def deploy(
 
     async def run() -> dict[str, Any] | None:
         module = await _package(workspace, name, models, config)
-        async with Hub(workspace) as hub:
+        async with FleetConnection(workspace) as hub:
             if overwrite and _deploy.current(hub, name, settings.device) is not None:
                 changes = settings.model_dump(exclude_unset=True)
                 changes.pop("device", None)

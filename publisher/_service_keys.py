@@ -9,15 +9,15 @@ whose tags change later can serve the deployment without another round trip.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, SecretStr
 
+from modules.atomic_file import write_atomic
 from modules.service_keys import ServiceKeys, seal_keys
 from modules.signing import load_signing_key
-from publisher._hub import Hub
+from publisher._hub import FleetConnection
 from publisher._workspace import Workspace
 
 
@@ -44,14 +44,10 @@ def load(workspace: Workspace, name: str) -> StoredKeys | None:
 def _save(workspace: Workspace, name: str, stored: StoredKeys) -> None:
     path = _path(workspace, name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(stored.model_dump_json())
-    os.replace(tmp, path)
+    write_atomic(path, stored.model_dump_json().encode(), mode=0o600)
 
 
-async def distribute(hub: Hub, workspace: Workspace, name: str, stored: StoredKeys) -> int:
+async def distribute(hub: FleetConnection, workspace: Workspace, name: str, stored: StoredKeys) -> int:
     """Seal the keys to every device that reports a public key; returns how many got them."""
     signing_key = load_signing_key(workspace.signing_key_path)
     count = 0
@@ -73,7 +69,7 @@ async def distribute(hub: Hub, workspace: Workspace, name: str, stored: StoredKe
     return count
 
 
-async def ensure(hub: Hub, workspace: Workspace, name: str) -> StoredKeys:
+async def ensure(hub: FleetConnection, workspace: Workspace, name: str) -> StoredKeys:
     """The deployment's keys, created on first use, (re)sent to every device."""
     stored = load(workspace, name)
     if stored is None:
@@ -87,7 +83,7 @@ async def ensure(hub: Hub, workspace: Workspace, name: str) -> StoredKeys:
 
 
 async def regenerate(
-    hub: Hub, workspace: Workspace, name: str, which: Literal["primary", "secondary"]
+    hub: FleetConnection, workspace: Workspace, name: str, which: Literal["primary", "secondary"]
 ) -> StoredKeys:
     """Replace one key (the other keeps working, so clients can rotate without downtime)."""
     if which not in ("primary", "secondary"):
@@ -104,7 +100,7 @@ async def regenerate(
     return stored
 
 
-async def withdraw(hub: Hub, workspace: Workspace, name: str) -> None:
+async def withdraw(hub: FleetConnection, workspace: Workspace, name: str) -> None:
     """On deployment delete: clear every device's sealed copy and forget the keys."""
     for device_id in hub.snapshot.reports:
         await hub.publish(hub.topics.keys(device_id, name), b"", retain=True)

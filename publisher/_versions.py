@@ -6,7 +6,7 @@ import asyncio
 import re
 
 from modules import ConfigError, NotFoundError, VersionConflictError
-from modules.oci import Manifest, RegistryClient
+from modules.oci import ImageManifest, RegistryClient
 from modules.spec import NAME_PATTERN
 
 _NAME_RE = re.compile(NAME_PATTERN)
@@ -57,7 +57,7 @@ async def resolve_version(client: RegistryClient, repository: str, version: int 
     return existing[-1]
 
 
-async def get_manifest(client: RegistryClient, repository: str, version: int, label: str) -> Manifest:
+async def get_manifest(client: RegistryClient, repository: str, version: int, label: str) -> ImageManifest:
     try:
         return await client.get_manifest(repository, str(version))
     except NotFoundError:

@@ -7,43 +7,19 @@ a traceback means a bug.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
 from modules import ConfigError, ModelfleetError
-
-
-def _key_values(items: Sequence[str] | None, option: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{option} expects KEY=VALUE, got {item!r}")
-        out[key] = value
-    return out
-
-
-def _table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
-    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=False))
-
-
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
+from modules.deployment import (
+    DEFAULT_MAX_FAILURE_RATIO,
+    DEFAULT_MIN_HEALTHY_SECONDS,
+    DEFAULT_RESTART_POLICY,
+    RestartPolicy,
+)
+from modules.tags import parse_tags
+from publisher._cli_output import print_json, size, table
+from publisher._rollout import STEP_TIMEOUT_S
 
 # -- parser -----------------------------------------------------------------------------------
 
@@ -136,15 +112,30 @@ def _deploy_parsers(
     s.add_argument("--target", metavar="COND", help="target condition over device tags (default '*')")
     s.add_argument("--priority", type=int, help="higher wins where deployments overlap (default 0)")
     s.add_argument("--env", action="append", metavar="K=V", help="environment for every module")
-    s.add_argument("--restart-policy", choices=["never", "on-failure", "on-unhealthy", "always"])
+    s.add_argument(
+        "--restart-policy",
+        choices=get_args(RestartPolicy),
+        help=f"when a device restarts a module (default {DEFAULT_RESTART_POLICY})",
+    )
     s.add_argument("--port", type=int, help="scoring port of the first module; the next get +1 (5001)")
     s.add_argument("--auth", action="store_true", default=None, help="require key auth (keys: see docs)")
     s.add_argument("--rollout", metavar="STEPS", help="staged rollout, e.g. 10%%,50%%,100%%")
-    s.add_argument("--min-healthy", type=int, metavar="SECONDS", help="per rollout step (default 300)")
-    s.add_argument("--max-failure-ratio", type=float, help="failed share that aborts a step (0.05)")
+    s.add_argument(
+        "--min-healthy",
+        type=int,
+        metavar="SECONDS",
+        help=f"per rollout step (default {DEFAULT_MIN_HEALTHY_SECONDS})",
+    )
+    s.add_argument(
+        "--max-failure-ratio",
+        type=float,
+        help=f"failed share that aborts a step ({DEFAULT_MAX_FAILURE_RATIO})",
+    )
     s.add_argument("--device", metavar="ID", help="a per-device override for this device only")
     s.add_argument("--wait", action="store_true", help="drive the rollout and wait for the result")
-    s.add_argument("--timeout", type=float, default=600.0, help="seconds a step may take with --wait")
+    s.add_argument(
+        "--timeout", type=float, default=STEP_TIMEOUT_S, help="seconds a step may take with --wait"
+    )
 
     deploy = top.add_parser("deploy", help="deployments")
     sub = deploy.add_subparsers(dest="action", required=True)
@@ -241,14 +232,14 @@ def _cmd_model(args: argparse.Namespace) -> int:
             ws,
             model_path=args.path,
             model_name=args.name,
-            tags=_key_values(args.tag, "--tag"),
-            properties=_key_values(args.property, "--property"),
+            tags=parse_tags(args.tag, option="--tag"),
+            properties=parse_tags(args.property, option="--property"),
             description=args.description,
             framework=args.framework,
             version=args.version,
         )
         if args.json:
-            _print_json(model.serialize())
+            print_json(model.serialize())
         else:
             print(f"{model.id}  {model.digest}")
         return 0
@@ -256,10 +247,10 @@ def _cmd_model(args: argparse.Namespace) -> int:
         name = parse_ref(args.name, "model")[0] if args.name else None
         models = Model.list(ws, name=name, tags=args.tag, latest=args.latest)
         if args.json:
-            _print_json([m.serialize() for m in models])
+            print_json([m.serialize() for m in models])
         elif models:
             print(
-                _table(
+                table(
                     [_model_row(m) for m in models],
                     ["name", "version", "framework", "created", "tags", "digest"],
                 )
@@ -271,7 +262,7 @@ def _cmd_model(args: argparse.Namespace) -> int:
         name, version = parse_ref(args.ref, "model")
         model = Model(ws, name, version)
         if args.json:
-            _print_json(model.serialize())
+            print_json(model.serialize())
         else:
             _print_model(model)
         return 0
@@ -305,7 +296,7 @@ def _print_model(model: Any) -> None:
             print(f"{label + ':':<12} " + ", ".join(f"{k}={v}" for k, v in sorted(values.items())))
     print("files:")
     for f in c.files:
-        print(f"  {f.path}  {_size(f.size)}  {f.digest[:19]}")
+        print(f"  {f.path}  {size(f.size)}  {f.digest[:19]}")
         if f.onnx:
             opset = ", ".join(f"{d or 'ai.onnx'}={v}" for d, v in sorted(f.onnx.opsets.items()))
             print(f"    opsets: {opset}")
@@ -319,7 +310,7 @@ def _cmd_module(args: argparse.Namespace) -> int:
     if args.action == "schema":
         from modules.spec import module_spec_json_schema
 
-        _print_json(module_spec_json_schema())
+        print_json(module_spec_json_schema())
         return 0
     from publisher._module import Module
     from publisher._versions import parse_ref
@@ -343,20 +334,20 @@ def _cmd_module(args: argparse.Namespace) -> int:
         if args.json:
             out = module.serialize()
             out["transfer"] = vars(module.stats)
-            _print_json(out)
+            print_json(out)
         else:
             s = module.stats
             print(f"{module.id}  {module.digest}")
             reused = s.blobs_mounted + s.blobs_existing
             print(
-                f"uploaded {_size(s.bytes_uploaded)} in {s.blobs_uploaded} blobs; "
+                f"uploaded {size(s.bytes_uploaded)} in {s.blobs_uploaded} blobs; "
                 f"re-used {reused} already in the registry"
             )
         return 0
     if args.action == "list":
         modules = Module.list(ws, name=args.name, latest=args.latest)
         if args.json:
-            _print_json([m.serialize() for m in modules])
+            print_json([m.serialize() for m in modules])
         elif modules:
             rows = [
                 [
@@ -369,7 +360,7 @@ def _cmd_module(args: argparse.Namespace) -> int:
                 ]
                 for m in modules
             ]
-            print(_table(rows, ["name", "version", "entry", "models", "created", "digest"]))
+            print(table(rows, ["name", "version", "entry", "models", "created", "digest"]))
         else:
             print("no modules")
         return 0
@@ -377,7 +368,7 @@ def _cmd_module(args: argparse.Namespace) -> int:
         name, version = parse_ref(args.ref, "module")
         module = Module(ws, name, version)
         if args.json:
-            _print_json(module.serialize())
+            print_json(module.serialize())
         else:
             spec = module.spec
             print(f"module:      {module.id}")

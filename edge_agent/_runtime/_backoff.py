@@ -6,11 +6,9 @@ testable and the numbers match what users of IoT Edge already expect.
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field
 
-RestartPolicy = Literal["never", "on-failure", "on-unhealthy", "always"]
+from modules.deployment import RestartPolicy
 
 
 class Backoff(BaseModel):

@@ -6,7 +6,13 @@ what a deployment is, who it is for, and whether it may be applied.
 
 from modules.deployment._canonical import canonical_json
 from modules.deployment._condition import Condition, parse_condition
-from modules.deployment._envelope import DeploymentDocument, Rollout, Signature
+from modules.deployment._envelope import (
+    DEFAULT_MAX_FAILURE_RATIO,
+    DEFAULT_MIN_HEALTHY_SECONDS,
+    DeploymentDocument,
+    Rollout,
+    Signature,
+)
 from modules.deployment._errors import (
     BadSignatureError,
     CanonicalFormError,
@@ -18,6 +24,8 @@ from modules.deployment._errors import (
     UntrustedKeyError,
 )
 from modules.deployment._manifest import (
+    DEFAULT_RESTART_POLICY,
+    STARTUP_ORDER_MAX,
     DockerModule,
     DockerSettings,
     EdgeAgentDesired,
@@ -29,6 +37,7 @@ from modules.deployment._manifest import (
     Module,
     ModulesContent,
     ModuleTwin,
+    RestartPolicy,
     Route,
     Runtime,
 )
@@ -43,6 +52,10 @@ from modules.deployment._selection import (
 from modules.deployment._signing import check_not_replayed, sign_document, signing_payload, verify_document
 
 __all__ = [
+    "DEFAULT_MAX_FAILURE_RATIO",
+    "DEFAULT_MIN_HEALTHY_SECONDS",
+    "DEFAULT_RESTART_POLICY",
+    "STARTUP_ORDER_MAX",
     "BadSignatureError",
     "CanonicalFormError",
     "Condition",
@@ -63,6 +76,7 @@ __all__ = [
     "ModuleTwin",
     "ModulesContent",
     "ReplayedDocumentError",
+    "RestartPolicy",
     "Rollout",
     "Route",
     "Runtime",

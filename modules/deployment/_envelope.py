@@ -19,6 +19,11 @@ from modules.deployment._errors import ConditionSyntaxError
 from modules.deployment._manifest import Manifest
 from modules.spec import NAME_PATTERN
 
+DEFAULT_MIN_HEALTHY_SECONDS = 300
+"""How long a rollout step must stay healthy before the next, when the document does not say."""
+DEFAULT_MAX_FAILURE_RATIO = 0.05
+"""The failed share of a step's devices that aborts a rollout, when the document does not say."""
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -30,10 +35,17 @@ class Rollout(_Strict):
     steps: list[int] = Field(min_length=1, description="Cumulative percentages, e.g. [10, 50, 100]")
     current_step: int = Field(0, ge=0, alias="currentStep")
     min_healthy_seconds: int = Field(
-        300, ge=0, alias="minHealthySeconds", description="How long a step must stay healthy before the next"
+        DEFAULT_MIN_HEALTHY_SECONDS,
+        ge=0,
+        alias="minHealthySeconds",
+        description="How long a step must stay healthy before the next",
     )
     max_failure_ratio: float = Field(
-        0.05, ge=0, le=1, alias="maxFailureRatio", description="Failed share of devices that halts it"
+        DEFAULT_MAX_FAILURE_RATIO,
+        ge=0,
+        le=1,
+        alias="maxFailureRatio",
+        description="Failed share of devices that halts it",
     )
 
     @field_validator("steps")

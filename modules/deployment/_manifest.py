@@ -19,6 +19,12 @@ from modules.spec import ExecutionProvider, HealthProbe, Resources
 
 ModuleStatus = Literal["running", "stopped"]
 RestartPolicy = Literal["never", "on-failure", "on-unhealthy", "always"]
+DEFAULT_RESTART_POLICY: RestartPolicy = "always"
+"""IoT Edge's documented default: what a module without `restartPolicy` gets, and what the
+publisher writes unless told otherwise."""
+STARTUP_ORDER_MAX = 4_294_967_295
+"""`startupOrder` is an unsigned 32-bit integer in IoT Edge; a module that gives none starts
+after every module that does, as if it had this value."""
 ImagePullPolicy = Literal["on-create", "never"]
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 MODULE_REFERENCE_PATTERN = r"^modules/[a-z0-9]+(?:[._-][a-z0-9]+)*$"
@@ -88,7 +94,7 @@ class _ModuleCommon(_Open):
     version: str | None = None
     status: ModuleStatus | None = None
     restart_policy: RestartPolicy | None = Field(None, alias="restartPolicy")
-    startup_order: int | None = Field(None, ge=0, alias="startupOrder")
+    startup_order: int | None = Field(None, ge=0, le=STARTUP_ORDER_MAX, alias="startupOrder")
     image_pull_policy: ImagePullPolicy | None = Field(None, alias="imagePullPolicy")
     env: dict[str, EnvVar] | None = None
 

@@ -9,7 +9,7 @@ from modules.hub._broker import EmbeddedBroker
 from modules.hub._registry import EmbeddedRegistry
 
 
-class Hub:
+class EmbeddedHub:
     """Both embedded services over one data directory; either both run or neither does."""
 
     def __init__(
@@ -44,7 +44,7 @@ class Hub:
             await self.registry.stop()
             self.registry_url = self.mqtt_url = None
 
-    async def __aenter__(self) -> Hub:
+    async def __aenter__(self) -> EmbeddedHub:
         await self.start()
         return self
 

@@ -25,6 +25,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from modules.atomic_file import fsync_dir, write_atomic
+
 REF_NAME = "org.opencontainers.image.ref.name"
 OCI_LAYOUT = {"imageLayoutVersion": "1.0.0"}
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -81,30 +83,10 @@ def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable; some filesystems refuse to open directories, which is harmless."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def atomic_write(path: Path, data: bytes) -> None:
+    """The layout's files are the registry's private store: owner-only, as they always were."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+    write_atomic(path, data, mode=0o600)
 
 
 class _Upload:
@@ -220,7 +202,7 @@ class Layout:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
 
     async def mount_blob(self, repository: str, source_repository: str, digest: str) -> bool:
         source = self.blob_path(source_repository, digest)
@@ -307,7 +289,7 @@ class Layout:
         target.parent.mkdir(parents=True, exist_ok=True)
         # uploads/ and repos/ share the data dir, hence one filesystem: the rename is atomic.
         os.replace(source, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
 
     # -- manifests and tags -------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from modules._errors import ModelfleetError
-from modules.hub._hub import Hub
+from modules.hub._hub import EmbeddedHub
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,7 +37,7 @@ async def _up(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    hub = Hub(args.data_dir, args.host, args.registry_port, args.mqtt_port)
+    hub = EmbeddedHub(args.data_dir, args.host, args.registry_port, args.mqtt_port)
     await hub.start()
     try:
         print(f"registry: {hub.registry_url}")

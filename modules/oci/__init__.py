@@ -1,12 +1,12 @@
 """The OCI distribution client and the media types of modelfleet's artifacts."""
 
 from modules.oci._auth import RegistryCredentials
-from modules.oci._client import Manifest, PushOutcome, RegistryClient, TransferStats
+from modules.oci._client import ImageManifest, PushOutcome, RegistryClient, TransferStats
 from modules.oci._digest import check_digest, sha256_bytes, sha256_file
 from modules.oci._url import normalize_registry_url, registry_host
 
 __all__ = [
-    "Manifest",
+    "ImageManifest",
     "PushOutcome",
     "RegistryClient",
     "RegistryCredentials",

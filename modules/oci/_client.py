@@ -27,6 +27,7 @@ from modules._errors import (
     RegistryError,
     RegistryUnreachableError,
 )
+from modules.atomic_file import fsync_dir
 from modules.oci._auth import Challenge, RegistryCredentials, parse_challenge
 from modules.oci._digest import CHUNK, check_digest, sha256_bytes, sha256_file
 from modules.oci._url import normalize_registry_url
@@ -58,7 +59,10 @@ class TransferStats:
 
 
 @dataclass(frozen=True)
-class Manifest:
+class ImageManifest:
+    """An OCI image manifest as the registry sent it: the exact bytes, since they are what the
+    digest names (not to be confused with a deployment manifest, `modules.deployment.Manifest`)."""
+
     body: bytes
     media_type: str
     digest: str
@@ -271,7 +275,7 @@ class RegistryClient:
 
     # -- manifests ------------------------------------------------------------------------
 
-    async def get_manifest(self, repository: str, reference: str) -> Manifest:
+    async def get_manifest(self, repository: str, reference: str) -> ImageManifest:
         resp = await self._send(
             "GET",
             f"/v2/{repository}/manifests/{reference}",
@@ -294,7 +298,7 @@ class RegistryClient:
             )
         if not media_type or media_type == "application/json":
             media_type = json.loads(body).get("mediaType", media_type)
-        return Manifest(body=body, media_type=media_type, digest=digest)
+        return ImageManifest(body=body, media_type=media_type, digest=digest)
 
     async def manifest_digest(self, repository: str, reference: str) -> str | None:
         """The digest a tag points at, or None when it does not exist."""
@@ -532,7 +536,7 @@ class RegistryClient:
                 f"(got {actual}, {offset} bytes); the download was discarded"
             )
         os.replace(partial, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         return dest
 
 
@@ -543,15 +547,6 @@ def _hash_into(path: Path, hasher: Any) -> int:
             hasher.update(chunk)
             n += len(chunk)
     return n
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _body_of(source: bytes | Path) -> _Body:

@@ -18,7 +18,7 @@ import sys
 from aiohttp import web
 
 from ._settings import ScoringSettings
-from ._workers import BalancedAcceptor, ConnectionTable, Supervisor, bind_socket, multiprocess_supported
+from ._workers import BalancedAcceptor, ConnectionTable, WorkerSupervisor, bind_socket, multiprocess_supported
 
 log = logging.getLogger("modelfleet.scoring")
 
@@ -108,4 +108,4 @@ def _run_workers(settings: ScoringSettings) -> int:
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror or exc)
         return 1
-    return Supervisor(settings, serve_on_socket, sock).run()
+    return WorkerSupervisor(settings, serve_on_socket, sock).run()

@@ -224,7 +224,7 @@ def _worker_main(
     return 0
 
 
-class Supervisor:
+class WorkerSupervisor:
     """Forks, watches and stops the workers; the process the agent or the terminal sees."""
 
     def __init__(

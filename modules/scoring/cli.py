@@ -17,10 +17,10 @@ from ._auth import keys_from_environment, keys_from_file
 from ._server import run_server, serve
 from ._settings import BatchingSettings, ScoringSettings, cpu_count
 
-__all__ = ["main", "run_server", "serve"]
+__all__ = ["build_parser", "main", "run_server", "serve", "settings_from_args"]
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modelfleet serve",
         description="Serve an entry script (init()/run()) or a bare ONNX model over HTTP.",
@@ -99,7 +99,7 @@ def settings_from_args(args: argparse.Namespace) -> ScoringSettings:
 
 def main(argv: list[str]) -> int:
     args_list = argv[1:] if argv and argv[0] == "serve" else argv
-    args = _parser().parse_args(args_list)
+    args = build_parser().parse_args(args_list)
     if args.module is not None:
         print(
             "modelfleet: error: --module is not available yet; use --entry-script/--model-dir",

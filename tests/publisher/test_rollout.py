@@ -8,8 +8,7 @@ import time
 from pathlib import Path
 
 from modules.deployment import DeploymentDocument, in_rollout, rollout_bucket
-from publisher import Model, Module, Workspace
-from publisher._hub import Hub
+from publisher import FleetConnection, Model, Module, Workspace
 from publisher._rollout import drive
 from tests._services import Service
 from tests.edge_agent._fleet import wait_for
@@ -57,7 +56,7 @@ async def test_rollout_advances_step_by_step_then_aborts_and_restores_when_30_pe
                 doc.version, len(members), len(members)
             )  # fmt: skip
 
-        async with Hub(ws) as hub:
+        async with FleetConnection(ws) as hub:
             doc = DeploymentDocument.model_validate(hub.snapshot.documents[NAME])
             result = await drive(hub, ws, doc, None, step_timeout_s=120, on_step=on_step)
         assert result.ok, result.summary

@@ -44,7 +44,7 @@ async def _pull(workspace: Workspace, ref: str, cache: Path) -> UnpackedModule:
 
 
 def main(argv: list[str]) -> int:
-    parser = scoring_cli._parser()
+    parser = scoring_cli.build_parser()
     g = parser.add_argument_group("registry (with --module)")
     g.add_argument("--config")
     g.add_argument("--registry")
