@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Coroutine
+from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -26,19 +27,25 @@ from edge_agent._config import AgentConfig
 from edge_agent._device_info import device_info
 from edge_agent._executor import Executor, RegistryFactory
 from edge_agent._heartbeat import Heartbeat
-from edge_agent._intake import Accepted, Deleted, Intake, Refused, Unchanged
+from edge_agent._intake import Accepted, Cleared, Deleted, Intake, Refused, Unchanged
 from edge_agent._methods import DirectMethods
 from edge_agent._module_runtime import ModuleRuntime
 from edge_agent._plan_runner import Applied, Failed, Outcome, PlanRunner, Removed
 from edge_agent._planner import ActualModule, DesiredModule, desired_modules, plan
 from edge_agent._runtime import ProcessRuntime
-from edge_agent._sealed_keys import KeysChanged, KeysRefused, SealedKeys
+from edge_agent._sealed_keys import KeysChanged, KeysCleared, KeysRefused, SealedKeys
 from edge_agent._state import Failure, PersistedState, StateFile
 from edge_agent._status_book import StatusBook, judge_deployments, now
 from edge_agent._status_endpoint import StatusEndpoint
 from edge_agent._store import ArtifactStore
 from modules import ConfigError
-from modules.deployment import DeploymentDocument, DeviceFacts, Selection, select_deployments
+from modules.deployment import (
+    DeploymentDocument,
+    DeviceFacts,
+    Selection,
+    document_identity,
+    select_deployments,
+)
 from modules.device_state import ModuleState, Presence, ReportedState
 from modules.mqtt import MqttSettings, MqttTransport
 from modules.service_keys import device_public_key, load_or_create_device_key
@@ -71,7 +78,13 @@ class Agent:
         data = config.data_dir
         self.state_file = StateFile(data / "state.json")
         self.persisted = PersistedState()
-        self.intake = Intake(self.topics, self.device_id, self._trusted_keys())
+        self.intake = Intake(
+            self.topics,
+            self.device_id,
+            self._trusted_keys(),
+            max_payload_bytes=config.max_payload_bytes,
+            denied_env=config.deny_env,
+        )
         self.device_key = load_or_create_device_key(data / "device-x25519.pem")
         self.keys = SealedKeys(
             self.device_key, self.intake.trusted, fleet=config.fleet, device_id=self.device_id
@@ -84,9 +97,21 @@ class Agent:
         self.runtime.bind(self._on_module_state, self.keys.keys_for)
         self.runner = PlanRunner(self.runtime, self._record_outcome)
         self.transport: Transport = transport or self._mqtt_transport()
-        self.methods = DirectMethods(self.device_id, self.topics, self.runtime, self.reported_state)
-        self.heartbeat = Heartbeat(self.topics, self.book, self.runtime, self.transport, config.heartbeat_s)
+        self.methods = DirectMethods(
+            self.device_id,
+            self.topics,
+            self.runtime,
+            self.reported_state,
+            self.intake.trusted,
+            on_refused=lambda topic, reason: self.book.refusal(topic, reason),
+            on_seen=self._save,
+        )
+        self.heartbeat = Heartbeat(
+            self.topics, self.book, self.runtime, self.transport, config.heartbeat_s, self.keys.keys_for
+        )
         self.status_endpoint = StatusEndpoint(config.effective_status_port, self.reported_state)
+        self.keys.restore(self.persisted.sealed_keys, self.persisted.keys_versions)
+        self.methods.restore(self.persisted.seen_requests)
         self.providers: list[str] = []
         self._reconcile_wanted = asyncio.Event()
         self._report_wanted = asyncio.Event()
@@ -150,8 +175,7 @@ class Agent:
 
     async def start(self) -> None:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.persisted = self.state_file.load()
-        self.keys.restore(self.persisted.sealed_keys)
+        self._load_state()
         for name, failure in self.persisted.failures.items():
             self.book.modules.setdefault(
                 name, ModuleState(name=name, status="failed", last_error=failure.reason)
@@ -162,6 +186,7 @@ class Agent:
                 del self.persisted.modules[record.module]
             else:
                 self.persisted.modules[record.module] = new
+        await self.runtime.reap_strays()
         self._save()
         for topic in (
             self.topics.all_deployments,
@@ -179,6 +204,21 @@ class Agent:
         self._spawn(self._report_loop(), "report")
         self._spawn(self.heartbeat.run(), "heartbeat")
         self._reconcile_wanted.set()
+
+    def _load_state(self) -> None:
+        """Read the state file and hand each part the mappings of it that it owns."""
+        self.persisted = self.state_file.load()
+        self._floors_by_identity()
+        self.keys.restore(self.persisted.sealed_keys, self.persisted.keys_versions)
+        self.methods.restore(self.persisted.seen_requests)
+
+    def _floors_by_identity(self) -> None:
+        """State files before signed deletions kept an override's floor under its topic slot."""
+        floors = self.persisted.last_versions
+        for slot, raw in self.persisted.documents.items():
+            if slot.startswith("device:") and slot in floors and isinstance(raw.get("name"), str):
+                identity = document_identity(raw["name"], raw.get("device"))
+                floors[identity] = max(floors.get(identity, 0), floors.pop(slot))
 
     async def _connect_loop(self) -> None:
         """First connection; the transport reconnects by itself afterwards. The agent serves
@@ -260,26 +300,41 @@ class Agent:
             self.book.refusal(message.topic, verdict.reason, verdict.name, verdict.version)
             return
         assert slot is not None
+        if isinstance(verdict, Cleared):
+            if slot in self.persisted.documents:
+                log.warning("the retained document on %s was cleared without a signed delete", message.topic)
+                reason = "cleared on the broker without a signed delete; still applied"
+                self.book.refusal(message.topic, reason, slot)
+            return
         if isinstance(verdict, Deleted):
-            if self.persisted.documents.pop(slot, None) is None:
-                return
-            self.persisted.applied_documents.pop(slot, None)
-            self.book.deployment_removed(slot, self.persisted.last_versions.get(slot, 0))
-            log.info("deployment %s removed", slot)
+            self.persisted.last_versions[verdict.identity] = verdict.version
+            removed = self.persisted.documents.pop(slot, None)
+            if removed is not None:
+                self.persisted.applied_documents.pop(slot, None)
+                name = removed.get("name")
+                applied = self.persisted.applied_documents.get(name) if isinstance(name, str) else None
+                if applied is not None and applied.get("device") == removed.get("device"):
+                    self.persisted.applied_documents.pop(name, None)  # stored by name when applied
+                self.book.deployment_removed(slot, verdict.version)
+                log.info("deployment %s removed by a signed delete (version %d)", slot, verdict.version)
         elif isinstance(verdict, Accepted):
             self.persisted.documents[slot] = verdict.raw
-            self.persisted.last_versions[slot] = verdict.document.version
+            self.persisted.last_versions[verdict.identity] = verdict.document.version
             log.info("accepted %s version %d (key %s)", slot, verdict.document.version, verdict.key_id)
         self._save()
         self._reconcile_wanted.set()
 
     def _on_keys(self, message: Message, name: str) -> None:
-        change = self.keys.receive(name, message.payload)
+        change = self.keys.receive(name, message.payload, max_bytes=self.config.max_payload_bytes)
         if change is None:
             return
         if isinstance(change, KeysRefused):
             log.warning("refused keys for %s: %s", name, change.reason)
             self.book.refusal(message.topic, change.reason, name)
+            return
+        if isinstance(change, KeysCleared):
+            log.warning("the keys of %s were cleared on the broker without a signed delete", name)
+            self.book.refusal(message.topic, "keys cleared on the broker without a signed delete; kept", name)
             return
         self._save()  # the sealed form only: the plaintext exists only in memory
         if isinstance(change, KeysChanged) and change.version is not None:
@@ -290,7 +345,9 @@ class Agent:
 
     async def _reconcile_loop(self) -> None:
         while True:
-            await self._reconcile_wanted.wait()
+            # A transient failure is retried when its time comes, with no new document needed.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reconcile_wanted.wait(), self._seconds_to_next_retry())
             self._reconcile_wanted.clear()
             try:
                 await self.reconcile()
@@ -332,46 +389,89 @@ class Agent:
             for name, rec in self.persisted.modules.items()
             if name not in waiting
         }
-        failed_before = {name: f.fingerprint for name, f in self.persisted.failures.items()}
-        await self.runner.run(plan(ready, actual, failed_before))
+        at = now()
+        failed_before = {
+            name: f.fingerprint
+            for name, f in self.persisted.failures.items()
+            if not (f.transient and f.retry_at is not None and f.retry_at <= at)
+        }
+        commands = plan(ready, actual, failed_before)
+        working = {c.desired.deployment for c in commands if hasattr(c, "desired")}
+        self.book.deployments_applying(r for r in selection.applied if r.name in working)
+        await self.runner.run(commands)
         for name in list(self.persisted.failures):
             if name not in desired:
                 del self.persisted.failures[name]
+        for name in list(self.book.modules):
+            if name not in desired and name not in self.persisted.modules:
+                self.book.module_removed(name)  # failed or waiting once, no longer wanted
         failures = {u.name: u.reason for u in unsupported}
-        failures.update(self._standing_failures(desired))
-        self._judge(selection, docs, owners, failures)
+        standing = self._standing_failures(desired)
+        failures.update({n: f.reason for n, f in standing.items() if not f.transient})
+        retrying = {n: _retry_text(f) for n, f in standing.items() if f.transient}
+        self._judge(selection, docs, owners, failures, retrying)
         self.runtime.prune({rec.digest for rec in self.persisted.modules.values()})
         self._save()
         self._want_report()
 
-    def _standing_failures(self, desired: dict[str, DesiredModule]) -> dict[str, str]:
+    def _standing_failures(self, desired: dict[str, DesiredModule]) -> dict[str, Failure]:
         """Modules whose desired configuration is the one that failed: still failed, whether it
         failed in this pass or an earlier one (an older version serving does not make it applied)."""
         return {
-            name: failure.reason
+            name: failure
             for name, failure in self.persisted.failures.items()
             if name in desired and desired[name].fingerprint == failure.fingerprint
         }
 
+    def _seconds_to_next_retry(self) -> float | None:
+        times = [f.retry_at for f in self.persisted.failures.values() if f.transient and f.retry_at]
+        if not times:
+            return None
+        return max(0.0, (min(times) - now()).total_seconds())
+
     def _record_outcome(self, outcome: Outcome) -> None:
         if isinstance(outcome, Applied):
             self.persisted.modules[outcome.name] = outcome.record
-            self.persisted.failures.pop(outcome.name, None)
+            if self.persisted.failures.pop(outcome.name, None) is not None:
+                self.book.error_cleared(outcome.name)
         elif isinstance(outcome, Removed):
             self.persisted.modules.pop(outcome.name, None)
             self.book.module_removed(outcome.name)
         elif isinstance(outcome, Failed):
+            reason = outcome.reason
             if outcome.fingerprint is not None:
-                self.persisted.failures[outcome.name] = Failure(
-                    fingerprint=outcome.fingerprint, reason=outcome.reason
-                )
+                failure = self._failure(outcome)
+                self.persisted.failures[outcome.name] = failure
+                if failure.transient:
+                    reason = _retry_text(failure)
             self.book.module_failed(
                 outcome.name,
                 outcome.deployment,
-                outcome.reason,
+                reason,
                 still_serving=outcome.still_serving and outcome.name in self.persisted.modules,
+                retrying=outcome.transient,
             )
         self._save()
+
+    def _failure(self, outcome: Failed) -> Failure:
+        """The failure record, with the next attempt's time when time can fix it: the delay
+        doubles for each consecutive failure of the same configuration."""
+        assert outcome.fingerprint is not None
+        previous = self.persisted.failures.get(outcome.name)
+        attempts = 1
+        if previous is not None and previous.fingerprint == outcome.fingerprint:
+            attempts = previous.attempts + 1
+        retry_at = None
+        if outcome.transient:
+            delay = min(self.config.retry_max_s, self.config.retry_base_s * 2 ** min(attempts - 1, 30))
+            retry_at = now() + timedelta(seconds=delay)
+        return Failure(
+            fingerprint=outcome.fingerprint,
+            reason=outcome.reason,
+            transient=outcome.transient,
+            attempts=attempts,
+            retry_at=retry_at,
+        )
 
     def _judge(
         self,
@@ -379,6 +479,7 @@ class Agent:
         docs: dict[tuple[str, int], tuple[DeploymentDocument, dict[str, Any]]],
         owners: dict[str, str],
         failures: dict[str, str],
+        retrying: dict[str, str],
     ) -> None:
         selected = {ref.name for ref in selection.applied} | {ref.name for ref in selection.deferred}
         others = {
@@ -386,7 +487,9 @@ class Agent:
             for slot, raw in self.persisted.documents.items()
             if raw.get("name", slot) not in selected
         }
-        states = judge_deployments(selection.applied, selection.deferred, others.values(), owners, failures)
+        states = judge_deployments(
+            selection.applied, selection.deferred, others.values(), owners, failures, retrying
+        )
         self.book.deployments_judged(states)
         for state in states:
             if state.outcome == "applied":
@@ -431,3 +534,8 @@ class Agent:
             )
         except TransportError as exc:
             log.info("report not sent (%s); it will be sent on reconnect", exc)
+
+
+def _retry_text(failure: Failure) -> str:
+    when = failure.retry_at.strftime("%H:%M:%S UTC") if failure.retry_at else "soon"
+    return f"{failure.reason}; retrying at {when} (attempt {failure.attempts + 1})"

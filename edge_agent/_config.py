@@ -7,7 +7,6 @@ variable, which is how systemd credentials and container secrets hand them over.
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,8 +15,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from modules import ConfigError
+from modules.safe_json import DEFAULT_MAX_PAYLOAD_BYTES
+from modules.topics import DEVICE_ID_RE
 
-DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+# Env names a deployment may not set: they steer the dynamic loader or the interpreter before any
+# module code runs (defence in depth should a publisher key leak).
+DEFAULT_DENIED_ENV = ("LD_*", "PYTHON*")
+
 
 # setting -> environment variable
 ENVIRONMENT = {
@@ -62,6 +66,35 @@ class AgentConfig(BaseModel):
     backoff_base_s: float = Field(1.0, gt=0)
     backoff_max_s: float = Field(300.0, gt=0)
     start_timeout_s: float = Field(120.0, gt=0)
+    retry_base_s: float = Field(5.0, gt=0, description="First retry of a transient failure")
+    retry_max_s: float = Field(300.0, gt=0, description="Longest wait between retries")
+    max_payload_bytes: int = Field(
+        DEFAULT_MAX_PAYLOAD_BYTES, ge=1024, description="Control-plane payloads above this are refused unread"
+    )
+    deny_env: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_DENIED_ENV),
+        description="Env names (shell patterns) a deployment may not set in a module",
+    )
+
+    @field_validator(
+        "data_dir",
+        "trust",
+        "registry_password_file",
+        "mqtt_password_file",
+        "mqtt_tls_ca_file",
+        "mqtt_tls_cert_file",
+        "mqtt_tls_key_file",
+    )
+    @classmethod
+    def _absolute(cls, value: Path | list[Path] | None) -> Path | list[Path] | None:
+        """Every path the agent derives from its settings is absolute, resolved once here: a
+        relative `--data-dir` would otherwise mean something else to a module process that runs
+        in its own folder."""
+        if value is None:
+            return None
+        if isinstance(value, list):
+            return [Path(v).expanduser().resolve() for v in value]
+        return Path(value).expanduser().resolve()
 
     @field_validator("device_id")
     @classmethod

@@ -110,6 +110,9 @@ class Executor:
         self, desired: DesiredModule, stored: StoredModule, instance_id: str, port: int
     ) -> InstanceConfig:
         keys = self.keys_for(desired.deployment) if desired.keys_version is not None else None
+        if desired.auth_required and keys is None:
+            # Fail closed: a module that must check keys never serves without them.
+            raise ModuleStartFailed(f"module {desired.name} requires scoring keys, and none are open")
         return InstanceConfig(
             instance_id=instance_id,
             module=desired.name,
@@ -277,7 +280,12 @@ class Executor:
         if stored is None:
             return None
         desired = record.desired
-        config = self._instance_config(desired, stored, record.instance_id, record.internal_port)
+        try:
+            config = self._instance_config(desired, stored, record.instance_id, record.internal_port)
+        except ModuleStartFailed as exc:
+            log.error("module %s: %s; the instance left running is stopped", record.module, exc)
+            await self._stop_orphan(record)
+            return None
         python = await self.runtime.ensure_env(stored.spec.requirements)
         supervisor = self._supervisor(desired, config, record.version, python)
         instance = self.runtime.adopt(record.instance_id, record.pid, config) if record.pid else None
@@ -309,6 +317,35 @@ class Executor:
         new_record = self._record(desired, config, supervisor.state.pid, record.version)
         self.running[record.module] = RunningModule(new_record, supervisor, proxy)
         return new_record
+
+    async def _stop_orphan(self, record: InstanceRecord) -> None:
+        """End an instance from before a restart that must not keep serving."""
+        if record.pid is None:
+            return
+        stored = self.store.stored_module(record.digest)
+        if stored is None:
+            return
+        probe = InstanceConfig(
+            instance_id=record.instance_id,
+            module=record.module,
+            model_dir=stored.model_dir,
+            entry_script=stored.entry_script,
+            code_dir=stored.code_dir if stored.entry_script is not None else None,
+            spec=stored.spec,
+            port=record.internal_port,
+        )
+        instance = self.runtime.adopt(record.instance_id, record.pid, probe)
+        if instance is not None:
+            await self.runtime.stop(instance)
+
+    async def reap_strays(self) -> list[int]:
+        """After re-adoption: end every instance of ours that no record accounts for."""
+        keep = {running.record.pid for running in self.running.values() if running.record.pid}
+        strays = self.runtime.strays(keep)
+        for pid in strays:
+            log.warning("reaping a module process no instance record accounts for (pid %d)", pid)
+            await self.runtime.reap(pid)
+        return strays
 
     async def restart(self, name: str) -> None:
         """The `restartModule` method: same version, a fresh process, same port."""

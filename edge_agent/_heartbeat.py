@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import aiohttp
 
 from edge_agent._inference_stats import scrape
-from edge_agent._module_runtime import ModuleRuntime
+from edge_agent._module_runtime import KeysLookup, ModuleRuntime
 from edge_agent._status_book import StatusBook
 from modules.device_state import Presence
 from modules.topics import FleetTopics
@@ -32,12 +32,14 @@ class Heartbeat:
         runtime: ModuleRuntime,
         transport: Transport,
         period_s: float,
+        keys_for: KeysLookup = lambda _deployment: None,
     ) -> None:
         self.topics = topics
         self.book = book
         self.runtime = runtime
         self.transport = transport
         self.period_s = period_s
+        self.keys_for = keys_for
 
     async def run(self) -> None:
         session: aiohttp.ClientSession | None = None
@@ -60,7 +62,10 @@ class Heartbeat:
 
     async def collect_inference_stats(self, session: aiohttp.ClientSession) -> None:
         for name, record in list(self.runtime.serving().items()):
-            stats = await scrape(session, record.internal_port)
+            keys = self.keys_for(record.deployment) if record.desired.auth_required else None
+            stats = await scrape(
+                session, record.internal_port, keys.primary.get_secret_value() if keys else None
+            )
             if stats is not None:
                 self.book.module_stats(name, stats.count, stats.errors, stats.latency_ms_avg)
 

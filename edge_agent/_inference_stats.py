@@ -48,9 +48,11 @@ def parse_metrics(text: str) -> InferenceStats:
     return InferenceStats(count, errors, round(total_s / total_n * 1000, 3) if total_n else None)
 
 
-async def scrape(session: aiohttp.ClientSession, port: int) -> InferenceStats | None:
+async def scrape(session: aiohttp.ClientSession, port: int, key: str | None = None) -> InferenceStats | None:
+    """A module with key auth guards `/metrics` too: the agent presents the primary key."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
-        async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+        async with session.get(f"http://127.0.0.1:{port}/metrics", headers=headers) as resp:
             if resp.status != 200:
                 return None
             return parse_metrics(await resp.text())

@@ -1,14 +1,19 @@
 """The gate every control-plane document passes before the agent considers it.
 
-Order matters: parse, then the signature (over the document exactly as received), then the schema,
-then whether it is for this fleet/device and newer than what was accepted. Whatever fails is a
-`Refused` with a reason the publisher will read in `modelfleet status`; nothing refused ever
-touches running modules.
+Order matters: the size (before any parsing), parse (bounded depth and numbers), then the
+signature (over the document exactly as received), then the schema, then whether it is for this
+fleet/device (a per-device document only on that device's topic) and above the version floor of
+its identity (name and scope, never the topic), then the device's own policy (denied env names).
+Whatever fails is a `Refused` with a reason the publisher will read in `modelfleet status`;
+nothing refused ever touches running modules.
+
+A deletion is a signed tombstone like any document. A retained message cleared without one (an
+empty payload, which anyone who can write the topic can send) is `Cleared`: nothing changes.
 """
 
 from __future__ import annotations
 
-import json
+import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +21,16 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
-from modules.deployment import DeploymentDocument, DeploymentError, verify_document
+from edge_agent._config import DEFAULT_DENIED_ENV
+from modules.deployment import (
+    DeploymentDocument,
+    DeploymentError,
+    Tombstone,
+    document_identity,
+    is_tombstone,
+    verify_document,
+)
+from modules.safe_json import DEFAULT_MAX_PAYLOAD_BYTES, PayloadRefused, loads_limited
 from modules.topics import FleetTopics
 
 
@@ -25,10 +39,22 @@ class Accepted:
     document: DeploymentDocument
     raw: dict[str, Any]
     key_id: str
+    identity: str
 
 
 @dataclass(frozen=True)
 class Deleted:
+    """A signed tombstone: the document in `slot` goes, and `version` is its identity's floor."""
+
+    name: str
+    identity: str
+    version: int
+
+
+@dataclass(frozen=True)
+class Cleared:
+    """The retained message was cleared without a signed tombstone: nothing changes."""
+
     name: str
 
 
@@ -44,14 +70,24 @@ class Refused:
     version: int | None = None
 
 
-Verdict = Accepted | Deleted | Unchanged | Refused
+Verdict = Accepted | Deleted | Cleared | Unchanged | Refused
 
 
 class Intake:
-    def __init__(self, topics: FleetTopics, device_id: str, trusted: Sequence[Ed25519PublicKey]) -> None:
+    def __init__(
+        self,
+        topics: FleetTopics,
+        device_id: str,
+        trusted: Sequence[Ed25519PublicKey],
+        *,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        denied_env: Sequence[str] = DEFAULT_DENIED_ENV,
+    ) -> None:
         self.topics = topics
         self.device_id = device_id
         self.trusted = list(trusted)
+        self.max_payload_bytes = max_payload_bytes
+        self.denied_env = list(denied_env)
 
     def _slot(self, topic: str) -> str | None:
         """The key a document is stored under: the deployment name, or `device:<id>` for overrides."""
@@ -69,41 +105,38 @@ class Intake:
         accepted_raw: Mapping[str, Mapping[str, Any]],
         last_versions: Mapping[str, int],
     ) -> tuple[str | None, Verdict]:
+        """`last_versions` maps document identity -> the floor (highest version accepted)."""
         slot = self._slot(topic)
         if slot is None:
             return None, Refused(f"not a deployment topic: {topic}")
         if not payload:
-            return slot, Deleted(slot)
+            return slot, Cleared(slot)
         try:
-            raw = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return slot, Refused(f"malformed document: not JSON ({exc.msg if hasattr(exc, 'msg') else exc})")
+            raw = loads_limited(payload, max_bytes=self.max_payload_bytes)
+        except PayloadRefused as exc:
+            return slot, Refused(f"malformed document: {exc}")
         if not isinstance(raw, dict):
             return slot, Refused("malformed document: not a JSON object")
         name = raw.get("name") if isinstance(raw.get("name"), str) else None
-        version = raw.get("version") if isinstance(raw.get("version"), int) else None
+        version = raw.get("version") if type(raw.get("version")) is int else None
         try:
             key_id = verify_document(raw, self.trusted)
         except DeploymentError as exc:
             return slot, Refused(str(exc), name, version)
+        if is_tombstone(raw):
+            return slot, self._tombstone(slot, raw, accepted_raw, last_versions)
         try:
             doc = DeploymentDocument.model_validate(raw)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            return slot, Refused(f"malformed document: {where}: {first['msg']}", name, version)
-        if doc.fleet != self.topics.fleet:
-            return slot, Refused(
-                f"document is for fleet {doc.fleet!r}, not {self.topics.fleet!r}", name, version
-            )
-        if slot.startswith("device:"):
-            if doc.device != self.device_id:
-                return slot, Refused("a per-device document must name this device", name, version)
-        elif doc.name != slot:
-            return slot, Refused(
-                f"document {doc.name!r} was published on the topic of {slot!r}", name, version
-            )
-        last = last_versions.get(slot)
+            return slot, Refused(f"malformed document: {_first_error(exc)}", name, version)
+        scope = self._scope_problem(slot, doc.fleet, doc.name, doc.device)
+        if scope is not None:
+            return slot, Refused(scope, name, version)
+        denied = self._denied_env(doc)
+        if denied is not None:
+            return slot, Refused(denied, name, version)
+        identity = document_identity(doc.name, doc.device)
+        last = last_versions.get(identity)
         if last is not None and doc.version <= last:
             if doc.version == last and accepted_raw.get(slot) == raw:
                 return slot, Unchanged(slot)
@@ -112,4 +145,60 @@ class Intake:
                 name,
                 version,
             )
-        return slot, Accepted(doc, raw, key_id)
+        return slot, Accepted(doc, raw, key_id, identity)
+
+    def _scope_problem(self, slot: str, fleet: str, name: str, device: str | None) -> str | None:
+        """Why a document does not belong on the topic it came on (None when it does)."""
+        if fleet != self.topics.fleet:
+            return f"document is for fleet {fleet!r}, not {self.topics.fleet!r}"
+        if slot.startswith("device:"):
+            if device != self.device_id:
+                return "a per-device document must name this device"
+        elif device is not None:
+            return f"a per-device document for {device!r} was published on the fleet topic of {slot!r}"
+        elif name != slot:
+            return f"document {name!r} was published on the topic of {slot!r}"
+        return None
+
+    def _tombstone(
+        self,
+        slot: str,
+        raw: dict[str, Any],
+        accepted_raw: Mapping[str, Mapping[str, Any]],
+        last_versions: Mapping[str, int],
+    ) -> Verdict:
+        try:
+            tombstone = Tombstone.model_validate(raw)
+        except ValidationError as exc:
+            name = raw.get("name") if isinstance(raw.get("name"), str) else None
+            version = raw.get("version") if type(raw.get("version")) is int else None
+            return Refused(f"malformed deletion: {_first_error(exc)}", name, version)
+        name, version = tombstone.name, tombstone.version
+        if tombstone.of != "deployment":
+            return Refused(f"a deletion of {tombstone.of} on a deployment topic", name, version)
+        scope = self._scope_problem(slot, tombstone.fleet, tombstone.name, tombstone.device)
+        if scope is not None:
+            return Refused(scope, name, version)
+        last = last_versions.get(tombstone.identity)
+        if last is not None and version <= last:
+            if version == last and accepted_raw.get(slot) is None:
+                return Unchanged(slot)  # this deletion was applied already (a retained redelivery)
+            return Refused(f"replayed deletion: version {version} is not above {last}", name, version)
+        return Deleted(slot, tombstone.identity, version)
+
+    def _denied_env(self, doc: DeploymentDocument) -> str | None:
+        for module_name, module in doc.content.modules.items():
+            for variable in module.env or {}:
+                pattern = next((p for p in self.denied_env if fnmatch.fnmatchcase(variable, p)), None)
+                if pattern is not None:
+                    return (
+                        f"module {module_name!r} sets {variable}, which this device's policy denies "
+                        f"(pattern {pattern!r})"
+                    )
+        return None
+
+
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"{where}: {first['msg']}"

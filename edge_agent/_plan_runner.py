@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from edge_agent._module_runtime import ModuleRuntime
 from edge_agent._planner import Command, Replace, Start
 from edge_agent._state import InstanceRecord
-from modules import ModelfleetError
+from edge_agent._store import InsufficientDiskError
+from modules import DigestMismatchError, ModelfleetError, RegistryUnreachableError
 
 log = logging.getLogger("modelfleet.agent")
 
@@ -40,6 +41,9 @@ class Failed:
     fingerprint: str | None
     # an earlier version of the module still serves
     still_serving: bool
+    # worth another try without a new document (registry unreachable, disk full, bytes that did
+    # not match their digest); a permanent failure waits for the desired state to change
+    transient: bool = False
 
 
 Outcome = Applied | Removed | Failed
@@ -66,13 +70,13 @@ class PlanRunner:
             reason = str(exc) if isinstance(exc, ModelfleetError) else f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, ModelfleetError):
                 log.exception("module %s: unexpected error during %s", command.name, command.verb)
-            return self._failed(command, reason)
+            return self._failed(command, reason, transient=is_transient(exc))
         if isinstance(result, InstanceRecord):
             return Applied(command.name, result)
         return Removed(command.name)
 
     @staticmethod
-    def _failed(command: Command, reason: str) -> Failed:
+    def _failed(command: Command, reason: str, *, transient: bool) -> Failed:
         wanted = command.desired if isinstance(command, Start | Replace) else None
         still_serving = not isinstance(command, Start)
         log.error(
@@ -87,4 +91,12 @@ class PlanRunner:
             reason=reason,
             fingerprint=wanted.fingerprint if wanted else None,
             still_serving=still_serving,
+            transient=transient,
         )
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Failures that time can fix: the registry comes back, disk space is freed, a download that
+    was damaged on the way is fetched again. `init()` raising or a spec that does not validate
+    will fail the same way every time."""
+    return isinstance(exc, RegistryUnreachableError | DigestMismatchError | InsufficientDiskError)

@@ -2,20 +2,25 @@
 
 A keys document arrives encrypted to the device's X25519 key and signed by a trusted publisher.
 The plaintext keys never touch the disk here; what is persisted is the sealed document as
-received, reopened at start-up. A document whose version is not above the one in use is a replay.
+received, reopened at start-up. A document whose version is not above the floor of its
+deployment's keys is a replay; the floors are persisted, so a clear on the broker or a restart
+does not make an older captured document acceptable again. Keys are withdrawn only by a signed
+tombstone; an empty payload (an unsigned clear) changes nothing.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from pydantic import ValidationError
 
 from modules import ModelfleetError
+from modules.deployment import DeploymentError, Tombstone, is_tombstone, verify_document
+from modules.safe_json import DEFAULT_MAX_PAYLOAD_BYTES, PayloadRefused, loads_limited
 from modules.service_keys import ServiceKeys, open_keys
 
 
@@ -27,6 +32,11 @@ class KeysChanged:
 @dataclass(frozen=True)
 class KeysRefused:
     reason: str
+
+
+@dataclass(frozen=True)
+class KeysCleared:
+    """The retained keys document was cleared without a signed tombstone: the keys stay."""
 
 
 class SealedKeys:
@@ -45,13 +55,18 @@ class SealedKeys:
         # deployment -> the sealed document as received (the persisted form); the agent's state
         # file owns this mapping, `restore` hands it over
         self.sealed: dict[str, dict[str, Any]] = {}
+        # deployment -> the highest keys version accepted (documents and tombstones); persisted
+        self.floors: dict[str, int] = {}
         self._opened: dict[str, tuple[int, ServiceKeys]] = {}  # deployment -> (version, keys)
 
-    def restore(self, sealed: dict[str, dict[str, Any]]) -> None:
+    def restore(self, sealed: dict[str, dict[str, Any]], floors: dict[str, int]) -> None:
         self.sealed = sealed
+        self.floors = floors
         self._opened.clear()
         for name, wire in list(sealed.items()):
-            self._open(name, wire)
+            if self._open(name, wire) is None:
+                version = self._opened[name][0]
+                self.floors[name] = max(self.floors.get(name, 0), version)
 
     def keys_for(self, deployment: str | None) -> ServiceKeys | None:
         entry = self._opened.get(deployment) if deployment else None
@@ -60,30 +75,57 @@ class SealedKeys:
     def versions(self) -> dict[str, int]:
         return {name: version for name, (version, _) in self._opened.items()}
 
-    def receive(self, name: str, payload: bytes) -> KeysChanged | KeysRefused | None:
-        """A keys document for deployment `name`; None when nothing changed."""
+    def receive(
+        self, name: str, payload: bytes, *, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    ) -> KeysChanged | KeysRefused | KeysCleared | None:
+        """A keys document (or a signed tombstone) for deployment `name`; None when nothing changed."""
         if not payload:
-            if self.sealed.pop(name, None) is None:
-                return None
-            self._opened.pop(name, None)
-            return KeysChanged(None)
-        previous = self._opened.get(name)
+            return KeysCleared() if name in self.sealed else None
         try:
-            wire = json.loads(payload)
+            wire = loads_limited(payload, max_bytes=max_bytes)
             if not isinstance(wire, dict):
                 raise ValueError("not a JSON object")
-        except ValueError as exc:
+        except (PayloadRefused, ValueError) as exc:
             return KeysRefused(f"malformed keys document: {exc}")
+        if is_tombstone(wire):
+            return self._withdraw(name, wire)
         version = wire.get("version")
-        if previous is not None and isinstance(version, int) and version <= previous[0]:
+        floor = self.floors.get(name)
+        if floor is not None and isinstance(version, int) and version <= floor:
             if self.sealed.get(name) == wire:
                 return None
-            return KeysRefused(f"replayed keys document: version {version} is not above {previous[0]}")
+            return KeysRefused(f"replayed keys document: version {version} is not above {floor}")
         reason = self._open(name, wire)
         if reason is not None:
             return KeysRefused(reason)
         self.sealed[name] = wire
+        self.floors[name] = self._opened[name][0]
         return KeysChanged(self._opened[name][0])
+
+    def _withdraw(self, name: str, wire: dict[str, Any]) -> KeysChanged | KeysRefused | None:
+        try:
+            verify_document(wire, self.trusted, what=f"deletion of the keys of {name!r}")
+            tombstone = Tombstone.model_validate(wire)
+        except (DeploymentError, ValidationError) as exc:
+            return KeysRefused(f"refused deletion of keys: {exc}")
+        if (tombstone.of, tombstone.fleet, tombstone.name, tombstone.device) != (
+            "keys",
+            self.fleet,
+            name,
+            self.device_id,
+        ):
+            return KeysRefused(
+                f"a deletion for another fleet, device or document arrived on the keys of {name!r}"
+            )
+        floor = self.floors.get(name, 0)
+        if tombstone.version <= floor:
+            if tombstone.version == floor and name not in self.sealed:
+                return None  # applied already (a retained redelivery)
+            return KeysRefused(f"replayed deletion of keys: version {tombstone.version} is not above {floor}")
+        self.floors[name] = tombstone.version
+        self.sealed.pop(name, None)
+        self._opened.pop(name, None)
+        return KeysChanged(None)
 
     def _open(self, name: str, wire: dict[str, Any]) -> str | None:
         """Open a sealed keys document into memory; the reason when it cannot be used."""

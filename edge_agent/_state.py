@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +79,14 @@ class InstanceRecord(BaseModel):
 
 
 class Failure(BaseModel):
-    """A desired configuration that could not be applied: not retried until it changes."""
+    """A desired configuration that could not be applied. A permanent failure is not retried
+    until the desired state changes; a transient one is retried at `retry_at`, with backoff."""
 
     fingerprint: str
     reason: str
+    transient: bool = False
+    attempts: int = 1
+    retry_at: datetime | None = None
 
 
 class PersistedState(BaseModel):
@@ -90,8 +95,13 @@ class PersistedState(BaseModel):
     documents: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # deployment name -> the raw document last applied (kept while a newer version is deferred)
     applied_documents: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    # deployment name -> highest version accepted: anything not above it is a replay
+    # document identity (name, or name@device for an override) -> highest version accepted,
+    # documents and signed deletions alike: anything not above it is a replay
     last_versions: dict[str, int] = Field(default_factory=dict)
+    # deployment -> highest version of its scoring keys accepted (documents and deletions)
+    keys_versions: dict[str, int] = Field(default_factory=dict)
+    # direct-method request id -> its expiry (ISO 8601): a request id is answered once
+    seen_requests: dict[str, str] = Field(default_factory=dict)
     modules: dict[str, InstanceRecord] = Field(default_factory=dict)
     # module name -> the configuration that failed, and why
     failures: dict[str, Failure] = Field(default_factory=dict)

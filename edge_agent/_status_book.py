@@ -62,15 +62,39 @@ class StatusBook:
         )
         self._on_change()
 
-    def module_failed(self, name: str, deployment: str | None, reason: str, *, still_serving: bool) -> None:
-        """With `still_serving`, the previous version keeps its entry and carries the reason."""
+    def module_failed(
+        self, name: str, deployment: str | None, reason: str, *, still_serving: bool, retrying: bool = False
+    ) -> None:
+        """With `still_serving`, the previous version keeps its entry and carries the reason; a
+        module that will be retried by itself is pending, not failed."""
         current = self.modules.get(name)
         if current is not None and still_serving:
             self.modules[name] = current.model_copy(update={"last_error": reason})
         else:
             self.modules[name] = ModuleState(
-                name=name, deployment=deployment, status="failed", last_error=reason
+                name=name,
+                deployment=deployment,
+                status="pending" if retrying else "failed",
+                last_error=reason,
             )
+        self._on_change()
+
+    def error_cleared(self, name: str) -> None:
+        """The module's last error is no longer true (its configuration now runs)."""
+        state = self.modules.get(name)
+        if state is not None and state.last_error is not None:
+            self.modules[name] = state.model_copy(update={"last_error": None})
+            self._on_change()
+
+    def deployments_applying(self, refs: Iterable[DeploymentRef]) -> None:
+        """Work on these deployments has started: until it ends they are not what runs."""
+        at = now()
+        for ref in refs:
+            current = self.deployments.get(ref.name)
+            if current is None or current.version != ref.version or current.outcome != "applying":
+                self.deployments[ref.name] = DeploymentState(
+                    name=ref.name, version=ref.version, outcome="applying", at=at
+                )
         self._on_change()
 
     def module_removed(self, name: str) -> None:
@@ -143,23 +167,28 @@ def judge_deployments(
     others: Iterable[tuple[str, int]],
     owners: Mapping[str, str],
     failures: Mapping[str, str],
+    retrying: Mapping[str, str] | None = None,
 ) -> list[DeploymentState]:
     """Each deployment's outcome on this device. `applied` are the selected documents, `deferred`
     the newer versions this device is not in the rollout step of yet, `others` (name, version) of
     documents that do not target it; `owners` maps each wanted module (runnable here or not) to its
-    deployment, `failures` module name -> why it is not applied."""
+    deployment, `failures` module name -> why it is not applied, `retrying` module name -> why it is
+    not applied yet (a transient failure, retried by itself): such a deployment is still applying."""
+    retrying = retrying or {}
     at = now()
     states: list[DeploymentState] = []
     judged: set[str] = set()
     for doc in applied:
         mine = sorted(n for n, owner in owners.items() if owner == doc.name)
         problems = [f"{n}: {failures[n]}" for n in mine if n in failures]
+        pending = [f"{n}: {retrying[n]}" for n in mine if n in retrying and n not in failures]
+        outcome = "failed" if problems else "applying" if pending else "applied"
         states.append(
             DeploymentState(
                 name=doc.name,
                 version=doc.version,
-                outcome="failed" if problems else "applied",
-                reason="; ".join(problems) or None,
+                outcome=outcome,
+                reason="; ".join(problems or pending) or None,
                 at=at,
             )
         )

@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--status-port", type=int, help="local status endpoint port (0 = off)")
     run.add_argument("--listen-host", help="address module ports listen on (default 0.0.0.0)")
     run.add_argument("--log-level", default="INFO")
+    key = sub.add_parser(
+        "key", help="print this device's public sealing key and its fingerprint, for enrolment"
+    )
+    key.add_argument("--config", type=Path, help="agent.toml (for its data_dir)")
+    key.add_argument("--data-dir", type=Path)
+    key.add_argument("--json", action="store_true")
     status = sub.add_parser("status", help="show the local agent's state")
     status.add_argument("--port", type=int, default=8780, help="status port (plus --port-base of the agent)")
     status.add_argument("--json", action="store_true")
@@ -80,6 +86,28 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key(args: argparse.Namespace) -> int:
+    """The device's X25519 public key (created on first use, as the agent would) and the
+    fingerprint the operator compares at `modelfleet device approve`."""
+    from edge_agent._config import AgentConfig, load_agent_config
+    from modules.service_keys import device_public_key, key_fingerprint, load_or_create_device_key
+
+    data_dir = args.data_dir
+    if data_dir is None and args.config is not None:
+        data_dir = load_agent_config(args.config, {"device_id": "key"}).data_dir
+    if data_dir is None:
+        data_dir = AgentConfig.model_fields["data_dir"].default
+    data_dir = Path(data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    public = device_public_key(load_or_create_device_key(data_dir / "device-x25519.pem"))
+    fingerprint = key_fingerprint(public)
+    if args.json:
+        print(json.dumps({"public_key": public, "fingerprint": fingerprint}))
+    else:
+        print(f"public key   {public}\nfingerprint  {fingerprint}")
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
@@ -117,7 +145,7 @@ def _status(args: argparse.Namespace) -> int:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv[1:] if argv and argv[0] == "agent" else argv)
     try:
-        return _run(args) if args.action == "run" else _status(args)
+        return {"run": _run, "key": _key, "status": _status}[args.action](args)
     except ModelfleetError as exc:
         print(f"modelfleet: error: {exc}", file=sys.stderr)
         return exc.exit_code

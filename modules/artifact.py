@@ -118,15 +118,25 @@ def parse_module_spec(config: bytes | str, where: str) -> ModuleSpec:
 def extract_code(archive: Path, target: Path) -> None:
     """Unpack a code layer into `target` (created if missing).
 
-    tarfile's `data` filter refuses absolute paths, `..`, devices and links that leave `target`.
-    A truncated or corrupt archive shows up as a `TarError`, an `OSError` (gzip's `BadGzipFile`)
-    or an `EOFError` (a gzip stream cut short); all of them mean the artifact is unusable, so all
-    of them become `InvalidPackageError`.
+    Only regular files and folders are accepted: any symlink or hard link is refused before a
+    byte is written, whatever Python's own `data` filter allows (the filter of Python 3.11 before
+    3.11.13 can be escaped with a long symlink chain, CVE-2025-4517), and the filter still runs
+    as a second line (absolute paths, `..`, devices, modes). A code layer written by
+    `modelfleet module package` never holds a link. A truncated or corrupt archive shows up as a
+    `TarError`, an `OSError` (gzip's `BadGzipFile`) or an `EOFError` (a gzip stream cut short);
+    all of them mean the artifact is unusable, so all of them become `InvalidPackageError`.
     """
     target.mkdir(parents=True, exist_ok=True)
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(target, filter="data")
+            members = tar.getmembers()
+            for member in members:
+                if not (member.isfile() or member.isdir()):
+                    kind = "symlink" if member.issym() else "hard link" if member.islnk() else "special file"
+                    raise InvalidPackageError(
+                        f"the module's code layer holds a {kind}, {member.name!r}: links are refused"
+                    )
+            tar.extractall(target, members=members, filter="data")
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise InvalidPackageError(f"cannot unpack the module's code layer: {exc}") from exc
 

@@ -26,6 +26,8 @@ HELP: dict[str, str] = {
     "serve": "serve a published module or an entry script locally",
     "hub": "run the embedded broker and registry",
     "agent": "run and inspect the edge agent",
+    "pki": "certificates for the broker's mTLS: CA, publishers, devices, CSRs",
+    "broker": "write a Mosquitto config and ACL for a fleet (mTLS only)",
 }
 
 

@@ -3,10 +3,14 @@ topics. The agent writes them, `modelfleet status` and the simulator read them."
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from modules.deployment import Signature, TrustError, sign_mapping, verify_document
 
 RuntimeStatus = Literal[
     "pending", "downloading", "starting", "running", "backoff", "unhealthy", "stopped", "failed"
@@ -83,9 +87,59 @@ class Presence(BaseModel):
     at: datetime | None = None  # None in the last-will message, which is written at connect time
 
 
+METHOD_REQUEST_MAX_TTL_S = 600
+"""The longest a signed method request may stay valid: an agent refuses an expiry further out, so
+the set of request ids it must remember (to refuse a replay) stays small and short-lived."""
+
+
 class MethodRequest(BaseModel):
+    """A direct-method request, signed by the publisher over everything that steers it: which
+    fleet, device and method, the request id (the last topic level, which also names the fixed
+    response topic) and an expiry. A replayed id or an expired request is refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fleet: str
+    device: str
+    method: str
+    request_id: str
+    expires_at: AwareDatetime
     payload: dict[str, Any] = Field(default_factory=dict)
-    response_topic: str | None = None
+    signature: Signature | None = None
+
+
+def sign_method_request(request: MethodRequest, private_key: Ed25519PrivateKey) -> dict[str, Any]:
+    """The wire form of a signed request."""
+    return sign_mapping(request.model_dump(mode="json", exclude={"signature"}), private_key)
+
+
+def verify_method_request(
+    wire: Mapping[str, Any],
+    trusted: Iterable[Ed25519PublicKey],
+    *,
+    fleet: str,
+    device: str,
+    method: str,
+    request_id: str,
+    now: datetime,
+) -> MethodRequest:
+    """The request if a trusted key signed it for exactly this fleet, device, method and id and
+    it has not expired; `TrustError` (a `DeploymentError`) or `ValueError` otherwise."""
+    what = f"method request {request_id!r}"
+    verify_document(wire, trusted, what=what)
+    request = MethodRequest.model_validate(wire)
+    if (request.fleet, request.device, request.method, request.request_id) != (
+        fleet,
+        device,
+        method,
+        request_id,
+    ):
+        raise TrustError(f"{what} was signed for another fleet, device, method or id than its topic's")
+    if request.expires_at <= now:
+        raise TrustError(f"{what} expired at {request.expires_at.isoformat()}")
+    if (request.expires_at - now).total_seconds() > METHOD_REQUEST_MAX_TTL_S:
+        raise TrustError(f"{what} stays valid for more than {METHOD_REQUEST_MAX_TTL_S} s")
+    return request
 
 
 class MethodResponse(BaseModel):

@@ -10,6 +10,7 @@ or deployment), and signs the envelope with the workspace's Ed25519 key like a d
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -107,6 +108,19 @@ def load_or_create_device_key(path: Path) -> X25519PrivateKey:
 def device_public_key(key: X25519PrivateKey) -> str:
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return _b64(raw)
+
+
+def key_fingerprint(public_key_b64: str) -> str:
+    """What an operator reads on the device (`modelfleet agent key`) and types at the publisher
+    (`modelfleet device approve`): the first 32 hex digits (128 bits) of the SHA-256 of the raw
+    public key, long enough that no forged report can be made to match it."""
+    try:
+        raw = _unb64(public_key_b64)
+    except ValueError as exc:
+        raise ConfigError(f"not a base64 public key: {exc}") from None
+    if len(raw) != 32:
+        raise ConfigError(f"not an X25519 public key: {len(raw)} bytes instead of 32")
+    return hashlib.sha256(raw).hexdigest()[:32]
 
 
 # -- seal / open ------------------------------------------------------------------------------

@@ -11,15 +11,21 @@ Layout, under one prefix per fleet (`modelfleet/<fleet>/`):
     devices/<id>/methods/req/<method>/<rid>               MethodRequest
     devices/<id>/methods/res/<rid>                        MethodResponse
 
-An empty retained payload on a retained topic deletes it (MQTT semantics): that is how a
-deployment is removed.
+Deployments, overrides and keys are deleted by a signed tombstone published retained in their
+place (`modules.deployment.Tombstone`); an empty retained payload (an unsigned clear) is ignored
+by agents.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 ROOT = "modelfleet"
+
+# A device id is one topic level (and the CN of its client certificate, the broker's user name):
+# no '/', '+', '#', '@' or spaces.
+DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
 @dataclass(frozen=True)

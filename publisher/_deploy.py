@@ -1,10 +1,13 @@
 """Deployments: build the signed document, publish it retained, read it back, version it.
 
-The version of a deployment lives only in its retained document: `update` reads what the broker
-holds on `deployments/<name>` and publishes version + 1, so two workstations (or a CI job) need no
-shared state beyond the broker. A per-device override is the same document with `device` set,
-on `devices/<id>/desired`. Deleting publishes an empty retained payload; agents then remove the
-deployment's modules.
+`update` builds on what the broker holds on `deployments/<name>`, and only once it has verified
+it as this workspace's own (`publisher._trust`): a forged document is never signed over. Versions
+come from verified data only: the verified retained document or tombstone, and the workspace's
+own record of what it published (`publisher._published`), so two workstations sharing the key need
+no shared state beyond the broker, and a broker that lost its retained messages cannot make the
+publisher reuse a version agents already saw. A per-device override is the same document with
+`device` set, on `devices/<id>/desired`. Deleting publishes a signed tombstone in the document's
+place; agents then remove the deployment's modules (an empty payload would prove nothing).
 """
 
 from __future__ import annotations
@@ -23,13 +26,22 @@ from modules.deployment import (
     DEFAULT_RESTART_POLICY,
     DeploymentDocument,
     RestartPolicy,
+    Tombstone,
     sign_document,
 )
 from modules.signing import load_signing_key
 from modules.spec import MODULE_REPOSITORY_PREFIX
-from publisher import _service_keys
-from publisher._hub import FleetConnection, now
+from publisher import _published, _service_keys
+from publisher._hub import FleetConnection, Retained, now
 from publisher._module import Module
+from publisher._trust import (
+    Slot,
+    UnverifiedDocumentError,
+    deployment_slot,
+    judge,
+    unverified_documents,
+    verified_documents,
+)
 from publisher._versions import check_name, parse_ref, resolve_version
 from publisher._workspace import Workspace
 
@@ -171,31 +183,82 @@ def topic_for(hub: FleetConnection, name: str, device: str | None) -> str:
     return hub.topics.desired(device) if device is not None else hub.topics.deployment(name)
 
 
-def current(hub: FleetConnection, name: str, device: str | None = None) -> dict[str, Any] | None:
-    """The retained document for `name` (or the device's override), as the broker holds it."""
-    if device is not None:
-        raw = hub.snapshot.overrides.get(device)
-        return raw if raw is not None and raw.get("name") == name else None
-    return hub.snapshot.documents.get(name)
+def current(hub: FleetConnection, name: str, device: str | None = None) -> DeploymentDocument | None:
+    """The live document `name` (or the device's override), verified as this workspace's own;
+    None when there is none or it was deleted, `UnverifiedDocumentError` when what is there is not."""
+    slot = deployment_slot(hub, name, device)
+    slot.refuse_unverified()
+    return slot.document if isinstance(slot.document, DeploymentDocument) else None
 
 
-async def publish(hub: FleetConnection, workspace: Workspace, data: Mapping[str, Any]) -> DeploymentDocument:
-    """Validate, sign with the workspace key and publish retained; the signed document is returned."""
+def _check_version(slot: Slot, workspace: Workspace, version: int) -> None:
+    floor = slot.floor(workspace)
+    if version <= floor:
+        raise ConfigError(
+            f"version {version} of {slot.identity!r} is not above {floor}, the last version published "
+            f"(agents refuse it); use a version above {floor}, or leave it out"
+        )
+
+
+async def publish(
+    hub: FleetConnection,
+    workspace: Workspace,
+    data: Mapping[str, Any],
+    *,
+    replace_unverified: bool = False,
+) -> DeploymentDocument:
+    """Validate, sign with the workspace key and publish retained; the signed document is returned.
+
+    The last gate before anything is signed: nothing is published over a retained document that
+    does not verify (unless `replace_unverified`), nor at a version that is not above every
+    verified version of the same identity, the workspace's own record included.
+    """
     document = validate({k: v for k, v in data.items() if k != "signature"})
+    slot = deployment_slot(hub, document.name, document.device)
+    if not replace_unverified:
+        slot.refuse_unverified(hint=_UNVERIFIED_HINT)
+    _check_version(slot, workspace, document.version)
     if any((m.settings.model_extra or {}).get("auth") for m in document.content.modules.values()):
         # Keys first: an agent never starts an auth module before its sealed keys arrived.
-        await _service_keys.ensure(hub, workspace, document.name)
+        await _service_keys.ensure(hub, workspace, document.name, [document])
     signed = sign_document(document, load_signing_key(workspace.signing_key_path))
     payload = json.dumps(signed.to_json_dict(), separators=(",", ":")).encode()
-    await hub.publish(topic_for(hub, signed.name, signed.device), payload, retain=True)
+    _published.record(workspace, slot.identity, signed.version)
+    await hub.publish(slot.topic, payload, retain=True)
     return signed
 
 
-def republished(raw: Mapping[str, Any], version: int, **changes: Any) -> dict[str, Any]:
-    """A copy of a retained document as a new version: fresh timestamp, old signature dropped."""
-    data = {k: v for k, v in raw.items() if k != "signature"}
+_UNVERIFIED_HINT = (
+    "Only documents signed by this workspace's key are built on; inspect it with `modelfleet deploy "
+    "show`, then replace it with `modelfleet deploy create --replace-unverified` (a fresh document, "
+    "nothing taken from the unverified one)"
+)
+
+
+def republished(doc: DeploymentDocument, version: int, **changes: Any) -> dict[str, Any]:
+    """A copy of a verified document as a new version: fresh timestamp, old signature dropped."""
+    data = {k: v for k, v in doc.to_json_dict().items() if k != "signature"}
     data.update(changes, version=version, createdAt=now().isoformat().replace("+00:00", "Z"))
     return data
+
+
+def next_version(hub: FleetConnection, workspace: Workspace, name: str, device: str | None = None) -> int:
+    """One above every verified version of the identity: broker (document or tombstone) and workspace."""
+    return deployment_slot(hub, name, device).floor(workspace) + 1
+
+
+def verified(
+    doc: DeploymentDocument | Mapping[str, Any], workspace: Workspace, topic: str
+) -> DeploymentDocument:
+    """`doc` (a document read back earlier, e.g. the one a rollout would restore) re-checked: signed
+    by this workspace's key, well-formed and for this fleet; `UnverifiedDocumentError` otherwise."""
+    raw = doc.to_json_dict() if isinstance(doc, DeploymentDocument) else dict(doc)
+    name = raw.get("name") if isinstance(raw.get("name"), str) else None
+    device = raw.get("device") if isinstance(raw.get("device"), str) else None
+    parsed, problem = judge(Retained(topic, raw), workspace, name=name, device=device)
+    if problem is not None or not isinstance(parsed, DeploymentDocument):
+        raise UnverifiedDocumentError(topic, name, problem or "a deletion, not a document")
+    return parsed
 
 
 async def create(
@@ -205,16 +268,28 @@ async def create(
     modules: Sequence[str | Module],
     settings: DeploymentSettings,
     *,
-    version: int = 1,
+    version: int | None = None,
+    replace_unverified: bool = False,
 ) -> DeploymentDocument:
+    """Publish a new deployment: version 1, or one above a deleted one of the same name.
+
+    `replace_unverified` publishes over a retained document that does not verify (a forgery, or a
+    document of another signing key); nothing is taken from it, not even its version.
+    """
     check_name(name, "deployment")
-    if current(hub, name, settings.device) is not None:
+    slot = deployment_slot(hub, name, settings.device)
+    if not replace_unverified:
+        slot.refuse_unverified(hint=_UNVERIFIED_HINT)
+    if slot.document is not None:
         raise DeploymentExistsError(
             f"deployment {name!r} already exists; use `modelfleet deploy update` for a new version"
         )
+    number = slot.floor(workspace) + 1 if version is None else version
+    _check_version(slot, workspace, number)
     packages = await resolve_modules(workspace, modules)
     section = manifest_modules(packages, settings)
-    return await publish(hub, workspace, document_data(workspace, name, version, section, settings))
+    data = document_data(workspace, name, number, section, settings)
+    return await publish(hub, workspace, data, replace_unverified=replace_unverified)
 
 
 async def update(
@@ -225,19 +300,24 @@ async def update(
     *,
     device: str | None = None,
     **changes: Any,
-) -> tuple[DeploymentDocument, dict[str, Any]]:
-    """Publish version + 1 of a deployment; returns it and the document it replaces.
+) -> tuple[DeploymentDocument, DeploymentDocument]:
+    """Publish the next version of a deployment; returns it and the (verified) document it replaces.
 
     `changes` are `DeploymentSettings` fields; those not given keep the current document's values.
-    A document with a rollout policy starts its rollout again from the first step.
+    A document with a rollout policy starts its rollout again from the first step. The current
+    document must verify: its content and version are what the new one is built from.
     """
-    previous = current(hub, name, device)
-    if previous is None:
-        raise NotFoundError(f"deployment {name!r} does not exist; create it with `modelfleet deploy create`")
+    slot = deployment_slot(hub, name, device)
+    slot.refuse_unverified(hint=_UNVERIFIED_HINT)
+    old = slot.document
+    if not isinstance(old, DeploymentDocument):
+        deleted = f" (deleted at version {slot.tombstone.version})" if slot.tombstone else ""
+        raise NotFoundError(
+            f"deployment {name!r} does not exist{deleted}; create it with `modelfleet deploy create`"
+        )
     unknown = set(changes) - set(DeploymentSettings.model_fields)
     if unknown:
         raise ConfigError(f"unknown deployment setting(s): {', '.join(sorted(unknown))}")
-    old = validate({k: v for k, v in previous.items() if k != "signature"})
     settings = _settings_of(old).model_copy(update={k: v for k, v in changes.items() if v is not None})
     settings = DeploymentSettings.model_validate(settings.model_dump())
     if modules:
@@ -252,12 +332,12 @@ async def update(
             module["restartPolicy"] = settings.restart_policy
             if settings.env:
                 module["env"] = {k: {"value": v} for k, v in sorted(settings.env.items())}
-    data = document_data(workspace, name, old.version + 1, section, settings)
+    data = document_data(workspace, name, slot.floor(workspace) + 1, section, settings)
     # What the manifest carries besides the modules (routes, twins, a runtime) stays as it was.
     content = old.content.to_json_dict()
     content["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"] = section
     data["content"] = content
-    return await publish(hub, workspace, data), previous
+    return await publish(hub, workspace, data), old
 
 
 def _settings_of(doc: DeploymentDocument) -> DeploymentSettings:
@@ -282,24 +362,51 @@ def _settings_of(doc: DeploymentDocument) -> DeploymentSettings:
 
 
 async def delete(
-    hub: FleetConnection, name: str, *, device: str | None = None, workspace: Workspace | None = None
-) -> dict[str, Any]:
-    """Clear the retained document (and the devices' sealed keys); returns what was deleted."""
-    previous = current(hub, name, device)
-    if previous is None:
-        raise NotFoundError(f"deployment {name!r} does not exist")
-    await hub.publish(topic_for(hub, name, device), b"", retain=True)
-    if workspace is not None and device is None:
+    hub: FleetConnection,
+    name: str,
+    *,
+    device: str | None = None,
+    workspace: Workspace | None = None,
+    replace_unverified: bool = False,
+) -> Tombstone:
+    """Delete with a signed tombstone in the document's place (agents ignore a cleared topic), one
+    version above the last; the fleet-wide delete also withdraws the devices' sealed keys.
+
+    Returns the tombstone. A deployment of the same name created later continues above it.
+    """
+    workspace = workspace or hub.workspace
+    slot = deployment_slot(hub, name, device)
+    if not replace_unverified:
+        slot.refuse_unverified(
+            hint="Delete it anyway (a tombstone above the last version this workspace knows) with "
+            "`modelfleet deploy delete --replace-unverified`"
+        )
+    if slot.document is None and slot.problem is None:
+        deleted = f" (deleted at version {slot.tombstone.version})" if slot.tombstone else ""
+        raise NotFoundError(f"deployment {name!r} does not exist{deleted}")
+    tombstone = Tombstone(
+        of="deployment",
+        fleet=workspace.fleet,
+        name=name,
+        device=device,
+        version=slot.floor(workspace) + 1,
+        deleted_at=now().replace(microsecond=0),
+    )
+    signed = sign_document(tombstone, load_signing_key(workspace.signing_key_path))
+    _published.record(workspace, slot.identity, signed.version)
+    await hub.publish(
+        slot.topic, json.dumps(signed.to_json_dict(), separators=(",", ":")).encode(), retain=True
+    )
+    if device is None:
         await _service_keys.withdraw(hub, workspace, name)
-    return previous
+    return signed
 
 
 def documents(hub: FleetConnection) -> list[DeploymentDocument]:
-    """Every deployment and override the broker holds, parsed; odd documents are skipped."""
-    out = []
-    for raw in [*hub.snapshot.documents.values(), *hub.snapshot.overrides.values()]:
-        try:
-            out.append(DeploymentDocument.model_validate(raw))
-        except ValidationError:
-            continue
-    return sorted(out, key=lambda d: (d.name, d.device or ""))
+    """Every deployment and override the broker holds that verifies as this workspace's."""
+    return verified_documents(hub)
+
+
+def unverified(hub: FleetConnection) -> list[dict[str, Any]]:
+    """Every retained document that does not verify: topic, name, device, reason (for `status`)."""
+    return unverified_documents(hub)

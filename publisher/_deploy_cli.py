@@ -7,16 +7,18 @@ import argparse
 import asyncio
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
-from modules import ConfigError, ModelfleetError
+from modules import ConfigError, ModelfleetError, NotFoundError
 from modules.tags import parse_tags
-from publisher import _deploy
+from publisher import _deploy, _enrolment
 from publisher._cli_output import print_json, table
 from publisher._deploy import DeploymentSettings
 from publisher._hub import FleetConnection
 from publisher._rollout import UNSTAGED_MAX_FAILURE_RATIO, ProgressDisplay, drive
 from publisher._status import STATUS_HEADERS, device_row, fleet_status, status_table
+from publisher._trust import deployment_slot
 from publisher._workspace import Workspace
 
 
@@ -49,7 +51,15 @@ async def _deploy_async(ws: Workspace, args: argparse.Namespace) -> int:
             if args.action == "create":
                 given = {k: v for k, v in _changes(args).items() if v is not None}
                 settings = DeploymentSettings.model_validate({**given, "device": args.device})
-                doc = await _deploy.create(hub, ws, args.name, args.module, settings, version=args.version)
+                doc = await _deploy.create(
+                    hub,
+                    ws,
+                    args.name,
+                    args.module,
+                    settings,
+                    version=args.version,
+                    replace_unverified=args.replace_unverified,
+                )
                 previous = None
             else:
                 doc, previous = await _deploy.update(
@@ -110,12 +120,26 @@ async def _deploy_async(ws: Workspace, args: argparse.Namespace) -> int:
                 print(table(rows, ["name", "version", "device", "target", "priority", "rollout", "modules"]))
             else:
                 print("no deployments")
+            if not args.json:
+                _print_unverified(_deploy.unverified(hub))
             return 0
         if args.action == "show":
-            raw = _deploy.current(hub, args.name, args.device)
-            if raw is None:
-                raise ModelfleetError(f"deployment {args.name!r} does not exist")
-            print(json.dumps(raw, indent=2))
+            # Shown as the broker holds it, verified or not: inspecting a forgery is the point.
+            slot = deployment_slot(hub, args.name, args.device)
+            if slot.retained is None:
+                raise NotFoundError(f"deployment {args.name!r} does not exist")
+            if slot.problem is not None:
+                print(f"modelfleet: warning: {slot.topic} is not verified: {slot.problem}", file=sys.stderr)
+            elif slot.tombstone is not None:
+                print(
+                    f"modelfleet: {args.name} was deleted at version {slot.tombstone.version}",
+                    file=sys.stderr,
+                )
+            elif slot.document is None:
+                raise NotFoundError(f"deployment {args.name!r} does not exist")
+            if slot.retained.raw is None:
+                raise NotFoundError(f"{slot.topic} holds no readable document: {slot.problem}")
+            print(json.dumps(slot.retained.raw, indent=2))
             return 0
         if args.action == "keys":
             from publisher import _service_keys
@@ -136,8 +160,13 @@ async def _deploy_async(ws: Workspace, args: argparse.Namespace) -> int:
                 print(f"primary:   {stored.primary}\nsecondary: {stored.secondary}")
             return 0
         if args.action == "delete":
-            old = await _deploy.delete(hub, args.name, device=args.device, workspace=ws)
-            print(f"deleted {args.name} (was version {old.get('version')}); devices remove its modules")
+            tombstone = await _deploy.delete(
+                hub, args.name, device=args.device, workspace=ws, replace_unverified=args.replace_unverified
+            )
+            print(
+                f"deleted {args.name} with a signed tombstone at version {tombstone.version}; devices remove "
+                "its modules (a new deployment of this name continues above it)"
+            )
             return 0
     raise AssertionError(args.action)
 
@@ -148,7 +177,13 @@ def run_status(ws: Workspace, args: argparse.Namespace) -> int:
 
 async def _status_async(ws: Workspace, args: argparse.Namespace) -> int:
     async with FleetConnection(ws) as hub:
-        status = fleet_status(hub.snapshot, _deploy.documents(hub), args.deployment)
+        status = fleet_status(
+            hub.snapshot,
+            _deploy.documents(hub),
+            args.deployment,
+            enrolled=_enrolment.all_enrolled(ws),
+            unverified=_deploy.unverified(hub),
+        )
     if args.json:
         print_json(status)
         return 0
@@ -164,18 +199,62 @@ async def _status_async(ws: Workspace, args: argparse.Namespace) -> int:
             f"{d['name']} v{d['version']}{where}{step}: targeted {d['targeted']}, applied {d['applied']}, "
             f"healthy {d['healthy']}, failed {d['failed']}, offline {d['offline']}"
         )
+    for device in status["devices"]:
+        if device["problem"]:
+            print(f"device {device['device_id']}: {device['problem']}")
+    _print_unverified(status["unverified"])
     return 0
 
 
+def _print_unverified(items: list[dict[str, Any]]) -> None:
+    for u in items:
+        name = f" ({u['name']})" if u.get("name") else ""
+        print(f"UNVERIFIED {u['topic']}{name}: {u['reason']} (not used, not counted)")
+
+
 def run_device(ws: Workspace, args: argparse.Namespace) -> int:
+    if args.action in ("enroll", "unenroll", "list-enrolled"):
+        return _enrolment_commands(ws, args)
     return asyncio.run(_device_async(ws, args))
+
+
+def _enrolment_commands(ws: Workspace, args: argparse.Namespace) -> int:
+    """The workspace's own records: no broker needed, none consulted."""
+    if args.action == "list-enrolled":
+        enrolled = _enrolment.all_enrolled(ws)
+        if args.json:
+            print_json([e.model_dump(mode="json") for e in enrolled.values()])
+        elif enrolled:
+            rows = [[e.device_id, e.fingerprint, e.how, e.enrolled_at.isoformat()] for e in enrolled.values()]
+            print(table(rows, ["device", "fingerprint", "how", "enrolled at"]))
+        else:
+            print("no enrolled devices")
+        return 0
+    if args.action == "unenroll":
+        if not _enrolment.unenroll(ws, args.device_id):
+            raise ModelfleetError(f"device {args.device_id!r} is not enrolled")
+        print(
+            f"unenrolled {args.device_id}: it gets no new scoring keys (regenerate keys to revoke old ones)"
+        )
+        return 0
+    if args.key_file:
+        try:
+            text = Path(args.key_file).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {args.key_file}: {exc.strerror}") from None
+    else:
+        text = args.key
+    enrolment = _enrolment.enroll(ws, args.device_id, text, replace=args.replace)
+    print(f"enrolled {enrolment.device_id} with key fingerprint {enrolment.fingerprint}")
+    return 0
 
 
 async def _device_async(ws: Workspace, args: argparse.Namespace) -> int:
     async with FleetConnection(ws) as hub:
         snap = hub.snapshot
+        enrolled = _enrolment.all_enrolled(ws)
         if args.action == "list":
-            rows = [device_row(snap, i) for i in snap.device_ids]
+            rows = [device_row(snap, i, enrolled) for i in snap.device_ids]
             if args.json:
                 print_json(rows)
             elif rows:
@@ -187,17 +266,33 @@ async def _device_async(ws: Workspace, args: argparse.Namespace) -> int:
                         ",".join(f"{k}={v}" for k, v in sorted(r["tags"].items())) or "-",
                         r["health"],
                         ",".join(f"{n}:{d['version']}" for n, d in r["deployments"].items()) or "-",
+                        r["enrolment"],
                     ]
                     for r in rows
                 ]
-                print(table(cells, ["device", "presence", "last seen", "tags", "health", "deployments"]))
+                headers = ["device", "presence", "last seen", "tags", "health", "deployments", "enrolment"]
+                print(table(cells, headers))
             else:
                 print("no devices")
             return 0
         if args.device_id not in snap.device_ids:
             raise ConfigError(f"no device {args.device_id!r} in fleet {ws.fleet!r}")
         if args.action == "show":
-            print_json(device_row(snap, args.device_id)) if args.json else _print_device(snap, args.device_id)
+            if args.json:
+                print_json(device_row(snap, args.device_id, enrolled))
+            else:
+                _print_device(snap, args.device_id, enrolled)
+            return 0
+        if args.action == "approve":
+            report = snap.reports.get(args.device_id)
+            enrolment = _enrolment.approve(
+                ws,
+                args.device_id,
+                report.device.public_key if report else None,
+                args.fingerprint,
+                replace=args.replace,
+            )
+            print(f"enrolled {enrolment.device_id} with key fingerprint {enrolment.fingerprint}")
             return 0
         method, payload = {
             "logs": ("getLogs", lambda: {"module": args.module, "tail": args.tail}),
@@ -211,18 +306,30 @@ async def _device_async(ws: Workspace, args: argparse.Namespace) -> int:
     if getattr(args, "json", False):
         print_json(answer.payload)
     elif args.action == "logs":
-        print("\n".join(answer.payload.get("lines", [])))
+        lines = answer.payload.get("lines", []) if isinstance(answer.payload, dict) else []
+        print("\n".join(str(line) for line in lines))
     elif args.action == "restart":
         print(f"restarted {args.module} on {args.device_id}")
     else:
-        print(f"{args.device_id} answered at {answer.payload.get('at')}")
+        at = answer.payload.get("at") if isinstance(answer.payload, dict) else None
+        print(f"{args.device_id} answered at {at}")
     return 0
 
 
-def _print_device(snap: Any, device_id: str) -> None:
-    row = device_row(snap, device_id)
+def _print_device(snap: Any, device_id: str, enrolled: dict[str, Any]) -> None:
+    row = device_row(snap, device_id, enrolled)
     print(f"device:      {row['device_id']} ({'online' if row['online'] else 'offline'})")
+    if row["problem"]:
+        print(f"problem:     {row['problem']}")
     print(f"last seen:   {row['last_seen'] or '-'}")
+    print(f"reported key: {row['key_fingerprint'] or '-'} (fingerprint; compare with `modelfleet agent key`)")
+    enrolment = {
+        "enrolled": f"enrolled ({row['enrolled_fingerprint']})" if row["enrolled_fingerprint"] else "-",
+        "unenrolled": "NOT ENROLLED: gets no scoring keys (`modelfleet device approve ID --fingerprint FP`)",
+        "key-differs": f"KEY DIFFERS from the enrolled one ({row['enrolled_fingerprint']}): "
+        "a re-keyed device or a forged report",
+    }[row["enrolment"]]
+    print(f"enrolment:   {enrolment}")
     print(f"tags:        {', '.join(f'{k}={v}' for k, v in sorted(row['tags'].items())) or '-'}")
     print(f"health:      {row['health']}")
     for name, d in row["deployments"].items():

@@ -7,6 +7,12 @@ the answer. A `FleetConnection` subscribes to every retained topic of the fleet 
 watches it change. (Not to be confused with `modules.hub.EmbeddedHub`, the one-machine broker
 and registry it may be connected to.)
 
+The snapshot is what the broker holds, not what the publisher believes: every payload is decoded
+with `loads_limited` under the workspace's `max_payload_bytes`, documents are kept as received
+(`Retained`, with the reason when they could not be decoded) for `publisher._trust` to verify,
+and a report or presence that does not parse marks its device unreadable instead of keeping an
+older, healthier-looking one. Nothing a forger sends can crash the reader.
+
 MQTT has no "end of retained messages" marker. After subscribing, the hub publishes a message to
 a topic only it listens on and waits for it to come back (`sync`): a broker queues the retained
 messages of a subscription when it handles the SUBSCRIBE, before our later PUBLISH, and delivers
@@ -21,14 +27,23 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import SecretStr, ValidationError
 
 from modules import ConfigError, ModelfleetError
-from modules.device_state import MethodRequest, MethodResponse, Presence, ReportedState
+from modules.device_state import (
+    METHOD_REQUEST_MAX_TTL_S,
+    MethodRequest,
+    MethodResponse,
+    Presence,
+    ReportedState,
+    sign_method_request,
+)
 from modules.mqtt import Message, MqttError, MqttSettings, MqttTransport
+from modules.safe_json import PayloadRefused, loads_limited
+from modules.signing import load_signing_key
 from modules.tasks import cancel_and_wait
 from modules.topics import FleetTopics
 from publisher._workspace import Workspace
@@ -44,22 +59,43 @@ class MethodTimeoutError(HubError):
     """A direct method got no answer: the device is offline or busy."""
 
 
+@dataclass(frozen=True)
+class Retained:
+    """One retained document as the broker holds it: decoded, never trusted.
+
+    Anyone who can write a topic can put anything there, so the snapshot keeps what arrived and
+    why it could not be read, and leaves the question "is this ours?" to `publisher._trust`.
+    """
+
+    topic: str
+    raw: dict[str, Any] | None  # the JSON object as received; None when it could not be decoded
+    problem: str | None = None  # why it could not be decoded
+
+
 @dataclass
 class FleetSnapshot:
     """Every retained message of one fleet, decoded; what `modelfleet status` shows."""
 
-    documents: dict[str, dict[str, Any]] = field(default_factory=dict)  # deployment name -> raw doc
-    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # device id -> raw per-device doc
+    documents: dict[str, Retained] = field(default_factory=dict)  # deployment name -> its topic's content
+    overrides: dict[str, Retained] = field(default_factory=dict)  # device id -> its desired topic's content
+    keys: dict[tuple[str, str], Retained] = field(default_factory=dict)  # (device id, deployment) -> keys doc
     reports: dict[str, ReportedState] = field(default_factory=dict)
     presence: dict[str, Presence] = field(default_factory=dict)
+    # device id -> {"reported" | "status": why it could not be read}; such a device is listed, not trusted
+    unreadable: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def device_ids(self) -> list[str]:
-        return sorted(set(self.reports) | set(self.presence))
+        return sorted(set(self.reports) | set(self.presence) | set(self.unreadable))
 
     def online(self, device_id: str) -> bool:
         presence = self.presence.get(device_id)
         return bool(presence and presence.online)
+
+    def problem(self, device_id: str) -> str | None:
+        """Why the device's report or presence could not be read, or None."""
+        problems = self.unreadable.get(device_id) or {}
+        return "; ".join(f"unreadable {kind}: {why}" for kind, why in sorted(problems.items())) or None
 
 
 def _mqtt_settings(workspace: Workspace) -> MqttSettings:
@@ -70,6 +106,9 @@ def _mqtt_settings(workspace: Workspace) -> MqttSettings:
             client_id=f"modelfleet-publisher-{os.urandom(6).hex()}",
             username=os.environ.get("MODELFLEET_MQTT_USERNAME") or None,
             password=SecretStr(password) if password else None,
+            tls_ca_file=workspace.path_setting(workspace.config.mqtt_tls_ca_file),
+            tls_cert_file=workspace.path_setting(workspace.config.mqtt_tls_cert_file),
+            tls_key_file=workspace.path_setting(workspace.config.mqtt_tls_key_file),
         )
     except ValidationError as exc:
         raise ConfigError(f"invalid hub {workspace.hub!r}: {exc.errors()[0]['msg']}") from None
@@ -95,6 +134,7 @@ class FleetConnection:
         for topic in (
             self.topics.all_deployments,
             f"{self.topics.prefix}/devices/+/desired",
+            f"{self.topics.prefix}/devices/+/keys/+",
             self.topics.all_reported,
             self.topics.all_status,
             f"{self.topics.prefix}/devices/+/methods/res/+",
@@ -132,34 +172,65 @@ class FleetConnection:
         snap = self.snapshot
         head = self.topics.deployment("")
         if topic.startswith(head):
-            name = topic[len(head) :]
-            if payload:
-                snap.documents[name] = json.loads(payload)
-            else:
-                snap.documents.pop(name, None)
+            _keep(snap.documents, topic[len(head) :], self._retained(topic, payload))
         else:
             parsed = self.topics.parse_device_topic(topic)
             if parsed is None:
                 return
             device_id, rest = parsed
-            if rest == "reported":
-                if payload:
-                    snap.reports[device_id] = ReportedState.model_validate_json(payload)
-                else:
-                    snap.reports.pop(device_id, None)
-            elif rest == "status":
-                if payload:
-                    snap.presence[device_id] = Presence.model_validate_json(payload)
-                else:
-                    snap.presence.pop(device_id, None)
+            if rest in ("reported", "status"):
+                self._on_device_state(device_id, rest, payload)
             elif rest == "desired":
-                if payload:
-                    snap.overrides[device_id] = json.loads(payload)
-                else:
-                    snap.overrides.pop(device_id, None)
+                _keep(snap.overrides, device_id, self._retained(topic, payload))
+            elif rest.startswith("keys/") and "/" not in rest[len("keys/") :]:
+                _keep(snap.keys, (device_id, rest[len("keys/") :]), self._retained(topic, payload))
             else:
                 return
         self.changed.set()
+
+    def _decode(self, payload: bytes) -> Any:
+        return loads_limited(payload, max_bytes=self.workspace.max_payload_bytes)
+
+    def _retained(self, topic: str, payload: bytes) -> Retained | None:
+        """None for an empty payload (nothing retained); otherwise what arrived, or why not."""
+        if not payload:
+            return None
+        try:
+            raw = self._decode(payload)
+        except PayloadRefused as exc:
+            return Retained(topic, None, exc.reason)
+        if not isinstance(raw, dict):
+            return Retained(topic, None, f"a JSON {type(raw).__name__}, not an object")
+        return Retained(topic, raw)
+
+    def _on_device_state(self, device_id: str, rest: str, payload: bytes) -> None:
+        """A report or presence that does not parse replaces what was known: a device that now
+        sends garbage must not keep looking healthy from its last good report."""
+        snap = self.snapshot
+        book: dict[str, Any] = snap.reports if rest == "reported" else snap.presence
+        model = ReportedState if rest == "reported" else Presence
+        problems = snap.unreadable.setdefault(device_id, {})
+        problems.pop(rest, None)
+        if not problems:
+            del snap.unreadable[device_id]
+        if not payload:
+            book.pop(device_id, None)
+            return
+        try:
+            value = model.model_validate(self._decode(payload))
+        except PayloadRefused as exc:
+            problem = exc.reason
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            problem = f"{'.'.join(str(p) for p in first['loc']) or rest}: {first['msg']}"
+        else:
+            if rest == "reported" and value.device_id != device_id:
+                problem = f"report names device {value.device_id[:64]!r}"
+            else:
+                book[device_id] = value
+                return
+        book.pop(device_id, None)
+        snap.unreadable.setdefault(device_id, {})[rest] = problem[:300]
 
     async def _expect(self, topic: str, send: tuple[str, bytes], timeout: float) -> bytes:
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
@@ -190,18 +261,34 @@ class FleetConnection:
     async def call(
         self, device_id: str, method: str, payload: dict[str, Any] | None = None, timeout: float = 10.0
     ) -> MethodResponse:
-        """A direct method: request on the device's method topic, answer on a topic of ours."""
+        """A direct method: a signed request on the device's method topic, valid for `timeout`
+        seconds; the answer comes on the response topic the protocol fixes for its id."""
         rid = os.urandom(8).hex()
         response_topic = self.topics.method_response(device_id, rid)
-        request = MethodRequest(payload=payload or {}, response_topic=response_topic)
-        send = (self.topics.method_request(device_id, method, rid), request.model_dump_json().encode())
+        request = MethodRequest(
+            fleet=self.workspace.fleet,
+            device=device_id,
+            method=method,
+            request_id=rid,
+            # Agents refuse a request valid for longer than METHOD_REQUEST_MAX_TTL_S.
+            expires_at=now() + timedelta(seconds=min(max(timeout, 1.0), METHOD_REQUEST_MAX_TTL_S)),
+            payload=payload or {},
+        )
+        wire = sign_method_request(request, load_signing_key(self.workspace.signing_key_path))
+        send = (self.topics.method_request(device_id, method, rid), json.dumps(wire).encode())
         try:
             raw = await self._expect(response_topic, send, timeout)
         except TimeoutError:
             raise MethodTimeoutError(
                 f"device {device_id!r} did not answer {method} within {timeout:g} s (offline?)"
             ) from None
-        return MethodResponse.model_validate_json(raw)
+        try:
+            return MethodResponse.model_validate(self._decode(raw))
+        except (PayloadRefused, ValidationError) as exc:
+            reason = exc.reason if isinstance(exc, PayloadRefused) else exc.errors()[0]["msg"]
+            raise HubError(
+                f"device {device_id!r} answered {method} with an unreadable response: {reason}"
+            ) from None
 
     async def wait_changed(self, timeout: float) -> None:
         """Wait for the next change of the snapshot, or `timeout` seconds, whichever is first."""
@@ -209,6 +296,13 @@ class FleetConnection:
             async with asyncio.timeout(timeout):
                 await self.changed.wait()
         self.changed.clear()
+
+
+def _keep(book: dict[Any, Retained], key: Any, value: Retained | None) -> None:
+    if value is None:
+        book.pop(key, None)
+    else:
+        book[key] = value
 
 
 def now() -> datetime:

@@ -7,13 +7,18 @@ advances once every online device in it has stayed healthy for `minHealthySecond
 rollout aborts when the failed share of the step exceeds `maxFailureRatio`. Aborting re-publishes
 the previous document's content as a new, higher version (agents refuse lower versions), or
 deletes the deployment when there was no previous document.
+
+Everything the watcher publishes is built from verified documents only: the one it drives and the
+previous one are re-verified against the workspace key before use, every publish refuses to go
+over a retained document that does not verify (`publisher._trust`), and each new version is one
+above the last verified one, never above whatever a forged document claims.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -21,6 +26,7 @@ from modules.deployment import DeploymentDocument
 from publisher import _deploy
 from publisher._hub import FleetConnection
 from publisher._status import STAGES, DeviceProgress, Stage, progress, stage_counts
+from publisher._trust import deployment_slot
 from publisher._workspace import Workspace
 
 STEP_TIMEOUT_S = 600.0
@@ -99,7 +105,7 @@ async def drive(
     hub: FleetConnection,
     workspace: Workspace,
     doc: DeploymentDocument,
-    previous: dict[str, Any] | None,
+    previous: DeploymentDocument | Mapping[str, Any] | None,
     *,
     step_timeout_s: float = STEP_TIMEOUT_S,
     display: ProgressDisplay | None = None,
@@ -113,6 +119,8 @@ async def drive(
     published (a hook for checks, or for a human gate).
     """
     display = display or ProgressDisplay(enabled=False)
+    topic = _deploy.topic_for(hub, doc.name, doc.device)
+    doc = _deploy.verified(doc, workspace, topic)
     loop = asyncio.get_running_loop()
     steps = doc.rollout.steps if doc.rollout else [100]
     step = doc.rollout.current_step if doc.rollout else 0
@@ -153,12 +161,15 @@ async def drive(
                 summary += f", {counts['offline']} offline (they apply it when they reconnect)"
             display.message(summary)
             return RolloutResult(True, doc.name, doc.version, summary, counts)
+        superseded = _superseded(hub, doc)
+        if superseded is not None:
+            display.message(superseded)
+            return RolloutResult(False, doc.name, doc.version, superseded, stage_counts([]))
         step += 1
         assert doc.rollout is not None
         rollout = {**doc.to_json_dict()["rollout"], "currentStep": step}
-        doc = await _deploy.publish(
-            hub, workspace, _deploy.republished(doc.to_json_dict(), doc.version + 1, rollout=rollout)
-        )
+        version = _deploy.next_version(hub, workspace, doc.name, doc.device)
+        doc = await _deploy.publish(hub, workspace, _deploy.republished(doc, version, rollout=rollout))
         display.message(f"{doc.name}: step {step + 1}/{len(steps)} ({steps[step]}%) as version {doc.version}")
 
 
@@ -166,7 +177,7 @@ async def _abort(
     hub: FleetConnection,
     workspace: Workspace,
     doc: DeploymentDocument,
-    previous: dict[str, Any] | None,
+    previous: DeploymentDocument | Mapping[str, Any] | None,
     reason: str,
     verdict: _Verdict,
     display: ProgressDisplay,
@@ -179,16 +190,30 @@ async def _abort(
         summary = f"rollout of {doc.name} version {doc.version} aborted: {reason}; deployment removed"
         display.message(summary)
         return RolloutResult(False, doc.name, doc.version, summary, counts, verdict.failed)
-    restored = await _deploy.publish(hub, workspace, _deploy.republished(previous, doc.version + 1))
-    display.message(f"{doc.name}: restoring version {previous.get('version')} as version {restored.version}")
+    # What is restored was read back from the broker once: it must still prove to be ours.
+    before = _deploy.verified(previous, workspace, _deploy.topic_for(hub, doc.name, doc.device))
+    version = _deploy.next_version(hub, workspace, doc.name, doc.device)
+    restored = await _deploy.publish(hub, workspace, _deploy.republished(before, version))
+    display.message(f"{doc.name}: restoring version {before.version} as version {restored.version}")
     back = await _converge(hub, restored, timeout_s)
     summary = (
         f"rollout of {doc.name} version {doc.version} aborted: {reason}; "
-        f"restored version {previous.get('version')}'s content as version {restored.version}"
+        f"restored version {before.version}'s content as version {restored.version}"
         + ("" if back else f" (not yet healthy everywhere after {timeout_s:g} s)")
     )
     display.message(summary)
     return RolloutResult(False, doc.name, restored.version, summary, counts, verdict.failed)
+
+
+def _superseded(hub: FleetConnection, doc: DeploymentDocument) -> str | None:
+    """A verified newer version on the broker (another `deploy update`) ends this rollout: its
+    next step must not overwrite it. Something unverified there is `publish`'s to refuse."""
+    newer = deployment_slot(hub, doc.name, doc.device)
+    held = newer.document or newer.tombstone
+    if held is None or held.version <= doc.version:
+        return None
+    what = "deleted" if newer.tombstone is not None else "superseded"
+    return f"rollout of {doc.name} version {doc.version} stopped: {what} by version {held.version}"
 
 
 async def _converge(hub: FleetConnection, doc: DeploymentDocument, timeout_s: float) -> bool:

@@ -85,7 +85,7 @@ class Service:
         self.device = device
         self.inference_config: InferenceConfig | None = None
         self.hosts: dict[str, str] = {}  # device id -> address, where the id is not a resolvable host name
-        self._previous: dict[str, Any] | None = None
+        self._previous: DeploymentDocument | None = None  # verified; what an aborted rollout restores
         self._document: DeploymentDocument | None = None
         self.refresh()
 
@@ -99,10 +99,10 @@ class Service:
             self._read(hub)
 
     def _read(self, hub: FleetConnection) -> None:
-        raw = _deploy.current(hub, self.name, self.device)
-        if raw is None:
+        document = _deploy.current(hub, self.name, self.device)  # refuses one that does not verify
+        if document is None:
             raise ModelfleetError(f"deployment {self.name!r} does not exist")
-        self._document = _deploy.validate({k: v for k, v in raw.items() if k != "signature"})
+        self._document = document
         self._summary = deployment_summary(self._document, hub.snapshot)
         self._reports = dict(hub.snapshot.reports)
 
@@ -284,7 +284,7 @@ def deploy(
     else:
         settings = DeploymentSettings.model_validate(dict(deployment_config or {}))
 
-    async def run() -> dict[str, Any] | None:
+    async def run() -> DeploymentDocument | None:
         module = await _package(workspace, name, models, config)
         async with FleetConnection(workspace) as hub:
             if overwrite and _deploy.current(hub, name, settings.device) is not None:

@@ -4,17 +4,24 @@ One classification serves both `modelfleet status` and the rollout watcher, so "
 the same thing in the table a person reads and in the decision to advance a rollout: the device
 reports the deployment applied at (at least) the version in question, and every module that
 deployment owns is running and not unhealthy.
+
+Nothing shown here is trusted: reports are whatever was published on a device's topic, and only
+documents that verify as this workspace's are counted as deployments. What does not verify is
+listed as unverified with the reason, a report that does not parse makes its device "unreadable",
+and every device says whether its reported key is the enrolled one; nothing of it crashes status.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 from modules.deployment import DeploymentDocument, DeviceFacts, in_rollout
 from modules.device_state import ModuleState, ReportedState
+from publisher._enrolment import Enrolment, reported_fingerprint, state_of
 from publisher._hub import FleetSnapshot, now
 
 Stage = Literal["pending", "downloading", "starting", "healthy", "failed", "offline"]
@@ -112,16 +119,25 @@ def _rate_per_min(module: ModuleState, at: datetime) -> float | None:
     return round(module.inference_count * 60 / seconds, 2) if seconds > 0 else None
 
 
-def device_row(snapshot: FleetSnapshot, device_id: str) -> dict[str, Any]:
+def device_row(
+    snapshot: FleetSnapshot, device_id: str, enrolled: Mapping[str, Enrolment] | None = None
+) -> dict[str, Any]:
     report = snapshot.reports.get(device_id)
     presence = snapshot.presence.get(device_id)
     seen = [t for t in (presence.at if presence else None, report.at if report else None) if t]
+    problem = snapshot.problem(device_id)
+    reported_key = report.device.public_key if report else None
+    enrolment = (enrolled or {}).get(device_id)
     row: dict[str, Any] = {
         "device_id": device_id,
         "online": snapshot.online(device_id),
         "last_seen": max(seen).isoformat() if seen else None,
         "tags": dict(report.tags) if report else {},
-        "health": _device_health(report),
+        "health": "unreadable" if problem and report is None else _device_health(report),
+        "problem": problem,
+        "enrolment": state_of(enrolment, reported_key),
+        "key_fingerprint": reported_fingerprint(reported_key),
+        "enrolled_fingerprint": enrolment.fingerprint if enrolment else None,
         "deployments": {},
         "modules": {},
         "refused": [],
@@ -183,9 +199,17 @@ def deployment_summary(doc: DeploymentDocument, snapshot: FleetSnapshot) -> dict
 
 
 def fleet_status(
-    snapshot: FleetSnapshot, documents: list[DeploymentDocument], deployment: str | None = None
+    snapshot: FleetSnapshot,
+    documents: list[DeploymentDocument],
+    deployment: str | None = None,
+    *,
+    enrolled: Mapping[str, Enrolment] | None = None,
+    unverified: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """The whole answer of `modelfleet status --json`; `deployment` narrows it to one deployment."""
+    """The whole answer of `modelfleet status --json`; `deployment` narrows it to one deployment.
+
+    `documents` must be the verified ones; `unverified` (topic, name, device, reason) are listed
+    as such, never counted."""
     docs = [d for d in documents if deployment is None or d.name == deployment]
     device_ids = snapshot.device_ids
     if deployment is not None:
@@ -200,9 +224,17 @@ def fleet_status(
         ]
     return {
         "at": now().isoformat(),
-        "devices": [device_row(snapshot, i) for i in device_ids],
+        "devices": [device_row(snapshot, i, enrolled) for i in device_ids],
         "deployments": [deployment_summary(d, snapshot) for d in docs],
+        "unverified": [
+            dict(u) for u in unverified if deployment is None or u.get("name") in (deployment, None)
+        ],
     }
+
+
+_ENROLMENT_CELL = {"enrolled": "yes", "unenrolled": "NO", "key-differs": "KEY DIFFERS"}
+"""Loud where it matters: an unenrolled device gets no scoring keys, and a reported key that is
+not the enrolled one is either a re-keyed device or a forged report."""
 
 
 def status_table(status: dict[str, Any]) -> list[list[str]]:
@@ -225,6 +257,9 @@ def status_table(status: dict[str, Any]) -> list[list[str]]:
                     device["health"],
                     "-" if m is None or m["inferences_per_min"] is None else f"{m['inferences_per_min']}/min",
                     "-" if m is None or m["latency_ms_avg"] is None else f"{m['latency_ms_avg']:.1f}ms",
+                    {"enrolled": "yes", "unenrolled": "NO", "key-differs": "KEY DIFFERS"}[
+                        device["enrolment"]
+                    ],
                 ]
             )
     return rows
@@ -240,4 +275,5 @@ STATUS_HEADERS = [
     "health",
     "rate",
     "latency",
+    "enrolled",
 ]

@@ -12,10 +12,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, ValidationError
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from modules import ConfigError
 from modules.oci import RegistryClient, RegistryCredentials, normalize_registry_url
+from modules.safe_json import DEFAULT_MAX_PAYLOAD_BYTES
 from modules.signing import generate_signing_key, load_signing_key, public_key_pem
 
 CONFIG_NAME = "modelfleet.toml"
@@ -32,6 +34,16 @@ class WorkspaceConfig(BaseModel):
     registry: str = DEFAULT_REGISTRY
     hub: str = DEFAULT_HUB
     signing_key: str = DEFAULT_KEY
+    max_payload_bytes: int = Field(
+        DEFAULT_MAX_PAYLOAD_BYTES,
+        ge=1024,
+        description="Largest retained payload the publisher decodes; bigger ones are shown as unreadable",
+    )
+    # mTLS to the broker (`modelfleet pki issue --publisher NAME`): relative paths are relative to
+    # the workspace folder, as the signing key's is
+    mqtt_tls_ca_file: str | None = None
+    mqtt_tls_cert_file: str | None = None
+    mqtt_tls_key_file: str | None = None
 
 
 def find_config(start: Path | None = None) -> Path | None:
@@ -58,6 +70,15 @@ def _read_config(path: Path) -> WorkspaceConfig:
         raise ConfigError(f"{path}: {where}: {first['msg']}") from None
 
 
+def _with_payload_cap(config: WorkspaceConfig, text: str) -> WorkspaceConfig:
+    try:
+        return WorkspaceConfig.model_validate({**config.model_dump(), "max_payload_bytes": text.strip()})
+    except ValidationError as exc:
+        raise ConfigError(
+            f"MODELFLEET_MAX_PAYLOAD_BYTES={text!r}: {exc.errors()[0]['msg']} (a byte count, at least 1024)"
+        ) from None
+
+
 class Workspace:
     """The publisher's connection to one fleet: registry, hub, fleet name, signing key."""
 
@@ -74,6 +95,7 @@ class Workspace:
         self.credentials = credentials or RegistryCredentials()
         self.config_path = config_path
         self.registry_url = normalize_registry_url(config.registry)
+        self._verify_key: Ed25519PublicKey | None = None
 
     @property
     def fleet(self) -> str:
@@ -82,6 +104,30 @@ class Workspace:
     @property
     def hub(self) -> str:
         return self.config.hub
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return self.config.max_payload_bytes
+
+    @property
+    def fleet_dir(self) -> Path:
+        """Where the workspace keeps what it knows about its fleet (published versions,
+        enrolled devices): per fleet, since one workspace may drive several with --fleet."""
+        return self.root / "fleets" / self.fleet
+
+    @property
+    def verify_key(self) -> Ed25519PublicKey:
+        """The public half of the signing key: the only key whose documents the publisher builds on."""
+        if self._verify_key is None:
+            self._verify_key = load_signing_key(self.signing_key_path).public_key()
+        return self._verify_key
+
+    def path_setting(self, value: str | None) -> Path | None:
+        """A file setting of the workspace, resolved against the workspace folder."""
+        if not value:
+            return None
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.root / path
 
     @property
     def signing_key_path(self) -> Path:
@@ -112,8 +158,13 @@ class Workspace:
             "registry": registry or env.get("MODELFLEET_REGISTRY"),
             "hub": hub or env.get("MODELFLEET_HUB"),
             "fleet": fleet or env.get("MODELFLEET_FLEET"),
+            "mqtt_tls_ca_file": env.get("MODELFLEET_MQTT_TLS_CA_FILE"),
+            "mqtt_tls_cert_file": env.get("MODELFLEET_MQTT_TLS_CERT_FILE"),
+            "mqtt_tls_key_file": env.get("MODELFLEET_MQTT_TLS_KEY_FILE"),
         }
         config = config.model_copy(update={k: v for k, v in overrides.items() if v})
+        if env.get("MODELFLEET_MAX_PAYLOAD_BYTES"):
+            config = _with_payload_cap(config, env["MODELFLEET_MAX_PAYLOAD_BYTES"])
         credentials = RegistryCredentials(
             username=registry_user or env.get("MODELFLEET_REGISTRY_USERNAME") or None,
             password=registry_password or env.get("MODELFLEET_REGISTRY_PASSWORD") or None,
@@ -144,7 +195,7 @@ class Workspace:
         root.mkdir(parents=True, exist_ok=True)
         path.write_text(
             "# modelfleet workspace; every value can be overridden by a flag or MODELFLEET_* variable\n"
-            + tomli_w.dumps(config.model_dump())
+            + tomli_w.dumps(config.model_dump(exclude_none=True))
         )
         workspace = cls(config, root=root, config_path=path)
         if not workspace.signing_key_path.exists():

@@ -142,7 +142,14 @@ def _deploy_parsers(
     create = sub.add_parser("create", parents=[common, settings, as_json], help="publish a new deployment")
     create.add_argument("-n", "--name", required=True)
     create.add_argument("--module", action="append", required=True, metavar="MODULE[:VERSION]")
-    create.add_argument("--version", type=int, default=1, help="first version (above any deleted one)")
+    create.add_argument(
+        "--version", type=int, help="first version (default: 1, or one above the deleted one of this name)"
+    )
+    create.add_argument(
+        "--replace-unverified",
+        action="store_true",
+        help="publish over a retained document that does not verify (nothing of it is kept)",
+    )
     update = sub.add_parser("update", parents=[common, settings, as_json], help="publish a new version")
     update.add_argument("-n", "--name", required=True)
     update.add_argument("--module", action="append", metavar="MODULE[:VERSION]")
@@ -158,6 +165,11 @@ def _deploy_parsers(
     delete = sub.add_parser("delete", parents=[common], help="remove a deployment from every device")
     delete.add_argument("name")
     delete.add_argument("--device", metavar="ID", help="the device's override")
+    delete.add_argument(
+        "--replace-unverified",
+        action="store_true",
+        help="delete even where the retained document does not verify",
+    )
 
     status = top.add_parser("status", parents=[common, as_json], help="fleet status")
     status.add_argument("--deployment", metavar="NAME")
@@ -176,6 +188,25 @@ def _deploy_parsers(
     restart.add_argument("module")
     ping = dev.add_parser("ping", parents=[common, as_json], help="check that a device answers")
     ping.add_argument("device_id")
+    enroll = dev.add_parser(
+        "enroll", parents=[common], help="bind a device id to its sealing key (as read on the device)"
+    )
+    enroll.add_argument("device_id")
+    key_source = enroll.add_mutually_exclusive_group(required=True)
+    key_source.add_argument("--key", help="the device's X25519 public key, base64 (`modelfleet agent key`)")
+    key_source.add_argument("--key-file", metavar="FILE", help="a file with that key (base64 or PEM)")
+    enroll.add_argument("--replace", action="store_true", help="replace the key of an enrolled device")
+    approve = dev.add_parser(
+        "approve",
+        parents=[common],
+        help="enrol the key a device reports, if its fingerprint is the one read on the device",
+    )
+    approve.add_argument("device_id")
+    approve.add_argument("--fingerprint", required=True, metavar="FP", help="from `modelfleet agent key`")
+    approve.add_argument("--replace", action="store_true", help="replace the key of an enrolled device")
+    unenroll = dev.add_parser("unenroll", parents=[common], help="forget a device's enrolled key")
+    unenroll.add_argument("device_id")
+    dev.add_parser("list-enrolled", parents=[common, as_json], help="devices and their enrolled keys")
 
 
 # -- commands ---------------------------------------------------------------------------------

@@ -165,3 +165,20 @@ def run_mosquitto_at(
         yield Service(f"{scheme}://127.0.0.1:{port}", port, root)
     finally:
         _stop(proc)
+
+
+@contextlib.contextmanager
+def run_mosquitto_config(config: Path, port: int) -> Iterator[Service]:
+    """Mosquitto with a config file written elsewhere (e.g. by `modelfleet broker config`), listening
+    on `port` on 127.0.0.1; the log goes beside the config. The URL is mqtts:// when the config has a
+    certificate, since a generated config is TLS-only."""
+    binary = _binary("mosquitto", "mosquitto")
+    log = config.parent / "mosquitto.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen([binary, "-c", str(config)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_port(port, proc, log)
+        scheme = "mqtts" if "certfile" in config.read_text() else "mqtt"
+        yield Service(f"{scheme}://127.0.0.1:{port}", port, config.parent)
+    finally:
+        _stop(proc)

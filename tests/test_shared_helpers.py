@@ -141,6 +141,37 @@ def test_a_broken_code_layer_is_an_invalid_package(tmp_path: Path, damage: str) 
     assert not (tmp_path / "outside.py").exists()
 
 
+@pytest.mark.parametrize("kind", ["symlink-inside", "symlink-chain", "hardlink", "fifo"])
+def test_links_in_a_code_layer_are_refused_before_anything_is_written(tmp_path: Path, kind: str) -> None:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        score = tarfile.TarInfo("score.py")
+        score.size = 6
+        tar.addfile(score, io.BytesIO(b"x = 1\n"))
+        if kind == "symlink-inside":
+            link = tarfile.TarInfo("alias.py")
+            link.type, link.linkname = tarfile.SYMTYPE, "score.py"
+            tar.addfile(link)
+        elif kind == "symlink-chain":
+            # the shape of CVE-2025-4517: a chain of links whose resolved path leaves the target
+            for depth in range(20):
+                link = tarfile.TarInfo(f"{'d/' * depth}l")
+                link.type, link.linkname = tarfile.SYMTYPE, "../" * (depth + 1)
+                tar.addfile(link)
+        elif kind == "hardlink":
+            link = tarfile.TarInfo("same.py")
+            link.type, link.linkname = tarfile.LNKTYPE, "score.py"
+            tar.addfile(link)
+        else:
+            fifo = tarfile.TarInfo("pipe")
+            fifo.type = tarfile.FIFOTYPE
+            tar.addfile(fifo)
+    (tmp_path / "code.tar.gz").write_bytes(gzip.compress(raw.getvalue()))
+    with pytest.raises(InvalidPackageError, match="refused"):
+        extract_code(tmp_path / "code.tar.gz", tmp_path / "code")
+    assert list((tmp_path / "code").iterdir()) == []
+
+
 def test_a_manifest_that_is_not_a_module_or_has_an_escaping_title_is_refused(tmp_path: Path) -> None:
     spec = _spec(code=False)
     config = spec.model_dump_json().encode()

@@ -1,7 +1,18 @@
-"""Restart policy and backoff, with the semantics of IoT Edge's edgeAgent.
+"""Restart policy and backoff.
 
-The delay is a pure function of the number of consecutive failures so the supervisor stays
-testable and the numbers match what users of IoT Edge already expect.
+The policies mean what IoT Edge's edgeAgent documents: `never` leaves a stopped module stopped;
+`on-failure` restarts a module that exited with an error; `on-unhealthy` restarts one that
+exited with an error or fails its health probe; `always` restarts one that is not running for
+any reason, unhealthy included. `always` is the default, as in IoT Edge.
+
+The backoff differs from edgeAgent's on purpose, and only in its numbers: edgeAgent waits a cool-off
+of 10 s doubling up to 5 minutes and gives up after 20 restarts (until the module has run for
+10 minutes). Here the first delay is `backoff_base_s` (1 s by default: a process module restarts
+in well under a second, and a device's only job is to serve), doubling up to `backoff_max_s`
+(300 s, as edgeAgent), and there is no restart cap: an unattended device has nobody to restart a
+module that was given up on, and the five-minute ceiling already bounds the cost. The streak
+resets after `reset_after_s` (600 s) healthy, as edgeAgent's does after 10 minutes. The delay is a
+pure function of the streak so the supervisor stays testable.
 """
 
 from __future__ import annotations
@@ -9,6 +20,9 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from modules.deployment import RestartPolicy
+
+# The policies under which a module that fails its health probe is ended and started again.
+RESTARTS_UNHEALTHY: frozenset[RestartPolicy] = frozenset({"on-unhealthy", "always"})
 
 
 class Backoff(BaseModel):

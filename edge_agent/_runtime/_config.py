@@ -70,9 +70,20 @@ class InstanceConfig(BaseModel):
 
 
 def settings_json(settings: ScoringSettings) -> str:
-    """The settings as the host reads them, keys in clear (the file is private to the agent)."""
+    """The settings as the host reads them from its file: never the keys, which are handed over
+    through a pipe (`keys_json`) and so are never at rest on disk."""
     data = settings.model_dump(mode="json")
+    for name in ("primary_key", "secondary_key"):
+        data[name] = None
+    return json.dumps(data, indent=2)
+
+
+def keys_json(settings: ScoringSettings) -> bytes | None:
+    """The keys in clear for the host's keys pipe; None for a module without auth."""
+    if not settings.auth_enabled:
+        return None
+    data = {}
     for name in ("primary_key", "secondary_key"):
         secret = getattr(settings, name)
         data[name] = secret.get_secret_value() if secret is not None else None
-    return json.dumps(data, indent=2)
+    return json.dumps(data).encode()

@@ -25,7 +25,7 @@ import aiohttp
 
 from modules.tasks import cancel_and_wait, wait_quietly
 
-from ._config import InstanceConfig, settings_json
+from ._config import InstanceConfig, keys_json, settings_json
 from ._errors import ModuleStartError
 from ._logs import RotatingLog, pump, tail_lines
 from ._venv import EnvBuilder
@@ -232,11 +232,16 @@ class ProcessRuntime:
     def settings_path(self, instance_id: str) -> Path:
         return self.data_dir / "instances" / instance_id / "settings.json"
 
-    def command(self, config: InstanceConfig, python: str | None = None) -> list[str]:
-        # The settings path holds the instance id: the host's CLI takes no other argument, and
-        # this is what adopt() looks for in /proc/<pid>/cmdline.
+    def command(
+        self, config: InstanceConfig, python: str | None = None, keys_fd: int | None = None
+    ) -> list[str]:
+        # The settings path holds the instance id: this is what adopt() looks for in
+        # /proc/<pid>/cmdline.
         settings_file = str(self.settings_path(config.instance_id))
-        return [python or self.python, "-m", "modules.scoring", "--settings-file", settings_file]
+        command = [python or self.python, "-m", "modules.scoring", "--settings-file", settings_file]
+        if keys_fd is not None:
+            command += ["--keys-fd", str(keys_fd)]
+        return command
 
     def _environment(self, config: InstanceConfig) -> dict[str, str]:
         env = dict(os.environ)
@@ -247,8 +252,8 @@ class ProcessRuntime:
         if paths:
             env["PYTHONPATH"] = os.pathsep.join(paths)
         env["PYTHONUNBUFFERED"] = "1"
-        # Keys travel in the private settings file only; inherited ones would override nothing
-        # but would leak into the module's environment.
+        # Keys travel through the keys pipe only; inherited ones would override nothing but
+        # would leak into the module's environment.
         env.pop("MODELFLEET_SCORING_PRIMARY_KEY", None)
         env.pop("MODELFLEET_SCORING_SECONDARY_KEY", None)
         return env
@@ -257,15 +262,23 @@ class ProcessRuntime:
         """Spawn the scoring host for `config` in its own session; returns once it is spawned."""
         settings_file = self.settings_path(config.instance_id)
         settings_file.parent.mkdir(parents=True, exist_ok=True)
-        text = settings_json(config.scoring_settings())
+        settings = config.scoring_settings()
+        text = settings_json(settings)
         descriptor = os.open(settings_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as handle:
             handle.write(text)
         cwd = config.code_dir or settings_file.parent
+        keys = keys_json(settings)
+        keys_read = None
+        if keys is not None:
+            # A few hundred bytes: they fit the pipe's buffer, so writing never blocks.
+            keys_read, keys_write = os.pipe()
+            os.write(keys_write, keys)
+            os.close(keys_write)
         read_fd, write_fd = os.pipe()
         try:
             popen = subprocess.Popen(
-                self.command(config, python),
+                self.command(config, python, keys_read),
                 stdin=subprocess.DEVNULL,
                 stdout=write_fd,
                 stderr=subprocess.STDOUT,
@@ -273,12 +286,15 @@ class ProcessRuntime:
                 env=self._environment(config),
                 start_new_session=True,
                 close_fds=True,
+                pass_fds=() if keys_read is None else (keys_read,),
             )
         except OSError as exc:
             os.close(read_fd)
             raise ModuleStartError(f"cannot start {config.instance_id}: {exc}") from exc
         finally:
             os.close(write_fd)
+            if keys_read is not None:
+                os.close(keys_read)
         instance = Instance(config, popen.pid, datetime.now(UTC), popen=popen)
         instance._watch()
         loop = asyncio.get_running_loop()
@@ -399,6 +415,34 @@ class ProcessRuntime:
         if config.instance_id != instance_id or not _alive(pid, instance_id):
             return None
         return Instance(config, pid, _started_at_of(pid))
+
+    def strays(self, keep: set[int]) -> list[int]:
+        """Scoring hosts of this runtime's instances (their settings file is under this data dir)
+        that no instance record accounts for: what a crash between starting an instance and
+        recording it, or a lost state file, would leave serving for ever."""
+        prefix = str(self.data_dir / "instances") + os.sep
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) in keep:
+                continue
+            pid = int(entry.name)
+            args = _cmdline(pid)
+            ours = "modules.scoring" in args and any(
+                a.startswith(prefix) and a.endswith("/settings.json") for a in args
+            )
+            if ours and _proc_stat_state(pid) not in (None, "Z", "X"):
+                found.append(pid)
+        return found
+
+    async def reap(self, pid: int, timeout: float = 10.0) -> None:
+        """End a stray instance's process group: SIGTERM, then SIGKILL after `timeout`."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(os.getpgid(pid), signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _proc_stat_state(pid) not in (None, "Z", "X") and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
 
     async def close(self) -> None:
         """Stop watching (builds, log pumps) without stopping the modules: a new agent adopts them."""

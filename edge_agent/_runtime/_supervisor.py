@@ -20,7 +20,7 @@ from modules.device_state import ModuleState
 from modules.spec import HealthProbe
 from modules.tasks import cancel_and_wait
 
-from ._backoff import Backoff, RestartPolicy, should_restart
+from ._backoff import RESTARTS_UNHEALTHY, Backoff, RestartPolicy, should_restart
 from ._config import InstanceConfig
 from ._errors import ModuleStartError
 from ._process import Instance, ProcessRuntime
@@ -232,7 +232,7 @@ class Supervisor:
                         self._healthy_since = None
                         if self.state.health != "unhealthy":
                             self._update(health="unhealthy", status="unhealthy")
-                        if self.policy == "on-unhealthy":
+                        if self.policy in RESTARTS_UNHEALTHY:
                             return
                 await asyncio.sleep(probe.period_s)
 

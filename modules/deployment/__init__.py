@@ -5,7 +5,12 @@ what a deployment is, who it is for, and whether it may be applied.
 """
 
 from modules.deployment._canonical import canonical_json
-from modules.deployment._condition import Condition, parse_condition
+from modules.deployment._condition import (
+    MAX_CONDITION_DEPTH,
+    MAX_CONDITION_LENGTH,
+    Condition,
+    parse_condition,
+)
 from modules.deployment._envelope import (
     DEFAULT_MAX_FAILURE_RATIO,
     DEFAULT_MIN_HEALTHY_SECONDS,
@@ -49,13 +54,29 @@ from modules.deployment._selection import (
     rollout_bucket,
     select_deployments,
 )
-from modules.deployment._signing import check_not_replayed, sign_document, signing_payload, verify_document
+from modules.deployment._signing import (
+    check_not_replayed,
+    sign_document,
+    sign_mapping,
+    signing_payload,
+    verify_document,
+)
+from modules.deployment._tombstone import (
+    TOMBSTONE_KIND,
+    Tombstone,
+    TombstoneOf,
+    document_identity,
+    is_tombstone,
+)
 
 __all__ = [
     "DEFAULT_MAX_FAILURE_RATIO",
     "DEFAULT_MIN_HEALTHY_SECONDS",
     "DEFAULT_RESTART_POLICY",
+    "MAX_CONDITION_DEPTH",
+    "MAX_CONDITION_LENGTH",
     "STARTUP_ORDER_MAX",
+    "TOMBSTONE_KIND",
     "BadSignatureError",
     "CanonicalFormError",
     "Condition",
@@ -82,16 +103,21 @@ __all__ = [
     "Runtime",
     "Selection",
     "Signature",
+    "Tombstone",
+    "TombstoneOf",
     "TrustError",
     "UnsignedDocumentError",
     "UntrustedKeyError",
     "canonical_json",
     "check_not_replayed",
+    "document_identity",
     "in_rollout",
+    "is_tombstone",
     "parse_condition",
     "rollout_bucket",
     "select_deployments",
     "sign_document",
+    "sign_mapping",
     "signing_payload",
     "verify_document",
 ]

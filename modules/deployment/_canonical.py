@@ -6,13 +6,19 @@ bytes, whatever JSON library, key order or whitespace each side used. We follow 
 - object keys sorted by their UTF-16 code units, no whitespace, UTF-8 output;
 - strings escaped as ECMAScript's `JSON.stringify` does (only `"`, `\\` and control characters;
   everything else, including non-ASCII, written as itself);
-- numbers as ECMAScript writes them: the shortest decimal that round-trips, `1.0` as `1`,
-  exponents only below 1e-6 or from 1e21.
+- floats as ECMAScript writes them: the shortest decimal that round-trips, exponents only below
+  1e-6 or from 1e21.
 
-One deliberate departure: Python integers are written as-is, at any size, where JCS would first
-round them to an IEEE double. Deployment documents only carry small integers (versions,
-priorities, ports), for which both rules give the same bytes. NaN and infinities have no JSON
-form and are refused.
+Two deliberate departures, both so that the signature covers what a module will actually see:
+
+- integers and floats stay distinct. JCS writes `1` and `1.0` alike, so an attacker could turn an
+  env value `1` into `1.0` (a different string in the module's environment, a different type in
+  its twin) without breaking the signature. A float whose ECMAScript form is all digits gets `.0`
+  appended (`1.0` -> `1.0`, `1e20` -> `100000000000000000000.0`, `-0.0` -> `-0.0`), so a float
+  always carries a `.` or an `e` and an integer never does.
+- Python integers are written as-is, at any size, where JCS would first round them to a double.
+
+NaN and infinities have no JSON form and are refused. The rules are in docs/manifest.md.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ def _write(value: Any, out: list[str]) -> None:
     elif value is False:
         out.append("false")
     elif isinstance(value, int):
-        out.append(str(int(value)))
+        out.append(_format_integer(value))
     elif isinstance(value, float):
         out.append(_format_number(value))
     elif isinstance(value, str):
@@ -63,6 +69,16 @@ def _write(value: Any, out: list[str]) -> None:
         out.append("]")
     else:
         raise CanonicalFormError(f"{type(value).__name__} is not a JSON value")
+
+
+def _format_integer(value: int) -> str:
+    try:
+        # int.__repr__, not str(): an int subclass (an IntEnum) must not print its own name.
+        return int.__repr__(value)
+    except ValueError:
+        # Python refuses to print integers above its digit limit (4300 by default); json.loads
+        # would have refused to read one, so only a caller's own value can get here.
+        raise CanonicalFormError("an integer too large to write in decimal") from None
 
 
 def _write_object(value: Mapping[Any, Any], out: list[str]) -> None:
@@ -85,6 +101,16 @@ def _utf16_order(key: str) -> bytes:
 
 
 def _format_number(value: float) -> str:
+    """ECMAScript Number::toString, marked as a float by `.0` when it would read as an integer."""
+    text = _ecmascript_number(value)
+    if text.lstrip("-").isdigit():
+        # A float must never share bytes with an integer, or a signed `1` could become `1.0`.
+        sign = "-" if math.copysign(1.0, value) < 0 else ""
+        return sign + text.lstrip("-") + ".0"
+    return text
+
+
+def _ecmascript_number(value: float) -> str:
     """ECMAScript Number::toString, built on Python's shortest round-trip `repr`."""
     if not math.isfinite(value):
         raise CanonicalFormError(f"{value} has no JSON form")

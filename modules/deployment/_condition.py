@@ -9,6 +9,11 @@ into a small tree (never `eval`), once, and the tree is evaluated against many d
 never raises: a path the device lacks, or a comparison between values of different types, is
 simply false, so one odd device cannot stop an agent from evaluating the rest. The grammar is in
 docs/manifest.md.
+
+A condition is also bounded before it costs anything: at most `MAX_CONDITION_LENGTH` characters
+(checked before tokenising) and `MAX_CONDITION_DEPTH` nested `NOT`s and parentheses (checked as
+the parser descends), so `NOT NOT NOT ...` or `((((...))))` is a `ConditionSyntaxError`, never a
+`RecursionError` in the parser or, later, in `matches`.
 """
 
 from __future__ import annotations
@@ -20,6 +25,11 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 from modules.deployment._errors import ConditionSyntaxError
+
+MAX_CONDITION_LENGTH = 4096
+"""Characters in one target condition; real ones are a line or two."""
+MAX_CONDITION_DEPTH = 32
+"""Nested `NOT`s and parentheses; each costs a few stack frames in the parser and in `matches`."""
 
 _MISSING = object()
 _KEYWORDS = {"and", "or", "not", "in", "true", "false", "null", "is_defined"}
@@ -206,9 +216,26 @@ class _Parser:
     """Recursive descent, one method per grammar rule, lowest precedence first."""
 
     def __init__(self, text: str) -> None:
+        if len(text) > MAX_CONDITION_LENGTH:
+            raise ConditionSyntaxError(
+                f"condition of {len(text)} characters is longer than the limit of {MAX_CONDITION_LENGTH}",
+                text,
+                MAX_CONDITION_LENGTH + 1,
+            )
         self.text = text
         self.tokens = _tokenize(text)
         self.index = 0
+        self.depth = 0
+
+    def descend(self) -> None:
+        """Enter one NOT or parenthesis; refused past the limit, at the token that went too deep."""
+        self.depth += 1
+        if self.depth > MAX_CONDITION_DEPTH:
+            raise ConditionSyntaxError(
+                f"NOT and parentheses nested deeper than {MAX_CONDITION_DEPTH} levels",
+                self.text,
+                self.current.column,
+            )
 
     @property
     def current(self) -> _Token:
@@ -263,15 +290,20 @@ class _Parser:
 
     def not_expr(self) -> _Node:
         if self.at_keyword("not"):
+            self.descend()
             self.advance()
-            return _Not(self.not_expr())
+            node: _Node = _Not(self.not_expr())
+            self.depth -= 1
+            return node
         return self.primary()
 
     def primary(self) -> _Node:
         if self.at_punct("("):
+            self.descend()
             self.advance()
             node = self.or_expr()
             self.expect_punct(")")
+            self.depth -= 1
             return node
         if self.at_keyword("is_defined"):
             self.advance()

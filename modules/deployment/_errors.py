@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from modules._errors import ModelfleetError
 
+_SHOWN_CONDITION = 200
+"""Characters of a refused condition quoted in its error message."""
+
 
 class DeploymentError(ModelfleetError):
     """Base of every refusal of a deployment document or manifest."""
@@ -25,7 +28,9 @@ class ConditionSyntaxError(DeploymentError):
         self.message = message
         self.text = text
         self.column = column
-        super().__init__(f"{message} at column {column} in condition {text!r}")
+        # The message is quoted into refusal reports; a megabyte condition must not be copied there.
+        shown = text if len(text) <= _SHOWN_CONDITION else text[:_SHOWN_CONDITION] + "..."
+        super().__init__(f"{message} at column {column} in condition {shown!r}")
 
 
 class TrustError(DeploymentError):

@@ -10,11 +10,11 @@ the wrong thing: module type, status, restart and pull policies, a modelfleet mo
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from modules.safe_json import PayloadRefused, loads_limited
 from modules.spec import ExecutionProvider, HealthProbe, Resources
 
 ModuleStatus = Literal["running", "stopped"]
@@ -71,7 +71,10 @@ class DockerSettings(_Open):
             return self.create_options
         if not self.create_options:
             return {}
-        parsed = json.loads(self.create_options)
+        try:
+            parsed = loads_limited(self.create_options.encode("utf-8", errors="surrogatepass"))
+        except PayloadRefused as exc:
+            raise ValueError(f"createOptions: {exc}") from None
         if not isinstance(parsed, dict):
             raise ValueError("createOptions must be a JSON object")
         return parsed

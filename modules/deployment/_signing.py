@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -27,22 +27,38 @@ from modules.deployment._errors import (
     UnsignedDocumentError,
     UntrustedKeyError,
 )
+from modules.deployment._tombstone import Tombstone
 from modules.signing import public_key_id
 
 SIGNATURE_FIELD = "signature"
 
 
-def signing_payload(doc: DeploymentDocument | Mapping[str, Any]) -> bytes:
+Signable = DeploymentDocument | Tombstone
+_D = TypeVar("_D", DeploymentDocument, Tombstone)
+
+
+def signing_payload(doc: Signable | Mapping[str, Any]) -> bytes:
     """The exact bytes that are signed: canonical JSON of the document without its signature."""
-    data = doc.to_json_dict() if isinstance(doc, DeploymentDocument) else doc
+    data = doc.to_json_dict() if isinstance(doc, DeploymentDocument | Tombstone) else doc
     return canonical_json({key: value for key, value in data.items() if key != SIGNATURE_FIELD})
 
 
-def sign_document(doc: DeploymentDocument, private_key: Ed25519PrivateKey) -> DeploymentDocument:
-    """A copy of `doc` carrying a fresh signature; any earlier signature is replaced."""
-    value = base64.b64encode(private_key.sign(signing_payload(doc))).decode("ascii")
-    signature = Signature(key_id=public_key_id(private_key), alg="ed25519", value=value)
-    return doc.model_copy(update={"signature": signature})
+def signature_for(payload: bytes, private_key: Ed25519PrivateKey) -> Signature:
+    value = base64.b64encode(private_key.sign(payload)).decode("ascii")
+    return Signature(key_id=public_key_id(private_key), alg="ed25519", value=value)
+
+
+def sign_document(doc: _D, private_key: Ed25519PrivateKey) -> _D:
+    """A copy of `doc` (a deployment document or a tombstone) carrying a fresh signature; any
+    earlier signature is replaced."""
+    return doc.model_copy(update={"signature": signature_for(signing_payload(doc), private_key)})
+
+
+def sign_mapping(data: Mapping[str, Any], private_key: Ed25519PrivateKey) -> dict[str, Any]:
+    """Any JSON object (a method request, say) with a `signature` over its canonical form."""
+    unsigned = {key: value for key, value in data.items() if key != SIGNATURE_FIELD}
+    signature = signature_for(canonical_json(unsigned), private_key)
+    return {**unsigned, SIGNATURE_FIELD: signature.model_dump(by_alias=True, mode="json")}
 
 
 def _trusted_by_id(
@@ -53,19 +69,25 @@ def _trusted_by_id(
     return {public_key_id(key): key for key in values}
 
 
-def _describe(doc: DeploymentDocument | Mapping[str, Any]) -> str:
+def _describe(doc: Signable | Mapping[str, Any]) -> str:
     if isinstance(doc, DeploymentDocument):
         return f"deployment {doc.name!r} version {doc.version}"
-    return f"deployment {doc.get('name')!r} version {doc.get('version')}"
+    if isinstance(doc, Tombstone):
+        return f"deletion of {doc.name!r} version {doc.version}"
+    kind = "deletion of" if doc.get("kind") == "tombstone" else "deployment"
+    return f"{kind} {doc.get('name')!r} version {doc.get('version')}"
 
 
 def verify_document(
-    doc: DeploymentDocument | Mapping[str, Any],
+    doc: Signable | Mapping[str, Any],
     trusted_public_keys: Iterable[Ed25519PublicKey] | Mapping[str, Ed25519PublicKey],
+    *,
+    what: str | None = None,
 ) -> str:
-    """Prove `doc` was signed, unmodified, by a trusted publisher; return the signing key's id."""
-    what = _describe(doc)
-    if isinstance(doc, DeploymentDocument):
+    """Prove `doc` (a document, a tombstone or any signed JSON object) was signed, unmodified, by
+    a trusted publisher; return the signing key's id. `what` names it in errors."""
+    what = what or _describe(doc)
+    if isinstance(doc, DeploymentDocument | Tombstone):
         signature = doc.signature
     else:
         raw = doc.get(SIGNATURE_FIELD)

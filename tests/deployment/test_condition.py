@@ -181,3 +181,35 @@ def test_syntax_error_reports_the_column(text: str, column: int) -> None:
 
     assert caught.value.column == column
     assert f"column {column}" in str(caught.value)
+
+
+def test_nesting_up_to_the_limit_parses_and_evaluates() -> None:
+    nots = parse_condition("NOT " * 32 + "tags.site = 'plant-1'")
+    parens = parse_condition("(" * 32 + "tags.site = 'plant-1'" + ")" * 32)
+    chained = parse_condition(" AND ".join(["(NOT tags.site = 'x')"] * 150))
+
+    assert nots.matches(TWIN) and parens.matches(TWIN) and chained.matches(TWIN)
+
+
+@pytest.mark.parametrize(
+    ("text", "column"),
+    [
+        ("NOT " * 33 + "tags.a = 1", 129),
+        ("(" * 33 + "tags.a = 1" + ")" * 33, 33),
+        ("tags.a = 1 OR " + "NOT (" * 16 + "NOT tags.a = 1" + ")" * 16, 95),
+    ],
+)
+def test_nesting_past_the_limit_is_refused_at_the_token_that_went_too_deep(text: str, column: int) -> None:
+    with pytest.raises(ConditionSyntaxError, match="nested deeper than 32 levels") as caught:
+        parse_condition(text)
+
+    assert caught.value.column == column
+
+
+def test_length_limit_is_4096_characters() -> None:
+    fits = "tags.a = '" + "x" * (4096 - 11) + "'"
+    assert len(fits) == 4096
+    parse_condition(fits)
+    with pytest.raises(ConditionSyntaxError, match="condition of 4097 characters") as caught:
+        parse_condition(fits + " ")
+    assert caught.value.column == 4097

@@ -73,9 +73,12 @@ class FakeRuntime:
         self.commands: list[Start | Replace | Remove] = []
         self.readopted: list[InstanceRecord] = []
         self.fail: dict[str, BaseException] = {}
+        self.fail_once = False  # each entry of `fail` fails one command only
         self.records: dict[str, InstanceRecord] = {}
         self.restarted: list[str] = []
         self.pruned: list[set[str]] = []
+        # when set, starts and replaces wait for it (to see the agent while work is under way)
+        self.gate: asyncio.Event | None = None
         self.on_state: StateListener = lambda _n, _s: None
         self.keys_for: KeysLookup = lambda _d: None
         self._ports = itertools.count(41000)
@@ -87,8 +90,10 @@ class FakeRuntime:
     async def _run(self, command: Start | Replace) -> InstanceRecord:
         self.commands.append(command)
         desired = command.desired
+        if self.gate is not None:
+            await self.gate.wait()
         if desired.name in self.fail:
-            raise self.fail[desired.name]
+            raise self.fail.pop(desired.name) if self.fail_once else self.fail[desired.name]
         record = InstanceRecord(
             desired=desired,
             instance_id=f"{desired.name}-{len(self.commands)}",
@@ -124,6 +129,9 @@ class FakeRuntime:
         self.readopted.append(record)
         self.records[record.module] = record
         return record
+
+    async def reap_strays(self) -> list[int]:
+        return []
 
     async def restart(self, name: str) -> None:
         if name not in self.records:

@@ -141,6 +141,8 @@ def agent_config(
         heartbeat_s=5,
         backoff_base_s=0.2,
         backoff_max_s=2,
+        retry_base_s=0.5,
+        retry_max_s=2,
         **extra,
     )
 

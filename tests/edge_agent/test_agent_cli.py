@@ -131,3 +131,23 @@ async def test_agent_stop_finishes_even_if_a_task_ignores_its_cancellation(
     release.set()
     rude.cancel()
     await asyncio.wait_for(rude, 10)
+
+
+def test_agent_key_prints_the_same_key_and_its_fingerprint_every_time(tmp_path: Path, capsys) -> None:
+    from modules.service_keys import key_fingerprint
+
+    assert main(["agent", "key", "--data-dir", str(tmp_path), "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(["agent", "key", "--data-dir", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == first
+    assert first["fingerprint"] == key_fingerprint(first["public_key"]) and len(first["fingerprint"]) == 32
+    assert oct((tmp_path / "device-x25519.pem").stat().st_mode & 0o777) == "0o600"
+
+
+def test_relative_paths_in_the_settings_become_absolute(tmp_path: Path, monkeypatch) -> None:
+    from edge_agent._config import load_agent_config
+
+    monkeypatch.chdir(tmp_path)
+    config = load_agent_config(None, {"device_id": "press-1", "data_dir": "press-1", "trust": ["keys/p.pem"]})
+    assert config.data_dir == tmp_path.resolve() / "press-1"
+    assert config.trust == [tmp_path.resolve() / "keys" / "p.pem"]

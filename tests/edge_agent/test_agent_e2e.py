@@ -8,13 +8,14 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from edge_agent._agent import Agent
-from modules.device_state import MethodRequest, ReportedState
+from modules.device_state import MethodRequest, ReportedState, sign_method_request
 from publisher import Module
 from tests._services import Service, free_port
 from tests.edge_agent._fleet import (
@@ -261,18 +262,30 @@ async def test_not_enough_disk_is_reported_and_old_version_keeps_serving(
     state = await wait_for(
         lambda: (
             agent.deployments.get("iris")
-            if agent.deployments.get("iris") and agent.deployments["iris"].version == 2
+            if agent.deployments.get("iris")
+            and agent.deployments["iris"].version == 2
+            and agent.deployments["iris"].reason
             else None
         ),
         what="v2 outcome",
     )
-    assert state.outcome == "failed" and "disk" in (state.reason or "").lower(), state.reason
+    # not enough disk is transient: reported as applying, with the reason and the next attempt
+    assert state.outcome == "applying" and "disk" in (state.reason or "").lower(), state.reason
+    assert "retrying at" in (state.reason or "")
     assert running_with(agent, v1.digest)
     async with aiohttp.ClientSession() as session:
         assert "version" not in await _score(port, session)
+    # space is freed: the retry applies v2 with no new document
+    agent.store.reserve_bytes = 0
+    await wait_for(
+        lambda: running_with(agent, v2.digest) and agent.deployments["iris"].outcome == "applied",
+        timeout=60,
+        what="v2 applied by a retry",
+    )
+    assert agent.modules["scorer"].last_error is None
 
 
-def _call_method(port: int, topics, device: str, method: str, payload: dict) -> dict:  # type: ignore[no-untyped-def]
+def _call_method(port: int, topics, device: str, method: str, payload: dict, key) -> dict:  # type: ignore[no-untyped-def]
 
     request_id = os.urandom(4).hex()
     answer: list[bytes] = []
@@ -289,7 +302,15 @@ def _call_method(port: int, topics, device: str, method: str, payload: dict) -> 
     client.loop_start()
     try:
         time.sleep(0.2)
-        body = MethodRequest(payload=payload).model_dump_json().encode()
+        request = MethodRequest(
+            fleet=topics.fleet,
+            device=device,
+            method=method,
+            request_id=request_id,
+            expires_at=datetime.now(UTC) + timedelta(seconds=60),
+            payload=payload,
+        )
+        body = json.dumps(sign_method_request(request, key)).encode()
         client.publish(topics.method_request(device, method, request_id), body, qos=1).wait_for_publish(5)
         assert done.wait(30), f"no answer to {method}"
     finally:
@@ -308,7 +329,7 @@ async def test_direct_methods_ping_state_logs_and_restart(
     pid = agent.modules["scorer"].pid
 
     def call(method: str, payload: dict | None = None) -> dict:
-        return _call_method(mosquitto.port, publisher.topics, "dev-1", method, payload or {})
+        return _call_method(mosquitto.port, publisher.topics, "dev-1", method, payload or {}, publisher.key)
 
     pong = await asyncio.to_thread(call, "ping")
     assert pong["status"] == 200 and pong["payload"]["pong"] is True

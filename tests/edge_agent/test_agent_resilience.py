@@ -14,13 +14,16 @@ from pathlib import Path
 import aiohttp
 
 from edge_agent._agent import Agent
+from modules.deployment import DeploymentDocument
 from modules.device_state import Presence, ReportedState
+from modules.service_keys import ServiceKeys, device_public_key, load_or_create_device_key, seal_keys
 from tests._services import Service, free_port, run_mosquitto_at
 from tests.edge_agent._fleet import (
     EXAMPLES,
     SAMPLE,
     Publisher,
     agent_config,
+    publish,
     read_retained,
     running_with,
     wait_for,
@@ -171,6 +174,93 @@ async def test_agent_killed_with_sigkill_readopts_its_module_without_a_second_co
         for proc in (first, second):
             if proc is not None and proc.poll() is None:
                 proc.kill()
+        for leftover in _scoring_processes(str(data_dir)):
+            os.kill(leftover, signal.SIGKILL)
+        log.close()
+
+
+async def test_an_auth_module_readopted_after_sigkill_still_requires_its_key_and_no_key_is_on_disk(
+    tmp_path: Path, distribution: Service, mosquitto: Service
+) -> None:
+    fleet = "sigkill-auth"
+    publisher = await asyncio.to_thread(Publisher, tmp_path / "pub", distribution.url, mosquitto.port, fleet)
+    module = await publisher.package(EXAMPLES / "iris-service" / "score.py")
+    module_port, status_port = free_port(), free_port()
+    data_dir = tmp_path / "agent"
+    argv = [
+        sys.executable, "-m", "modules.cli", "agent", "run", "--device-id", "dev-a", "--fleet", fleet,
+        "--hub", mosquitto.url, "--registry", distribution.url, "--trust", str(publisher.public_key),
+        "--data-dir", str(data_dir), "--status-port", str(status_port), "--listen-host", "127.0.0.1",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELFLEET_")}
+    data_dir.mkdir(parents=True)
+    device_public = device_public_key(load_or_create_device_key(data_dir / "device-x25519.pem"))
+    keys = ServiceKeys.generate()
+    primary = keys.primary.get_secret_value()
+    sealed = seal_keys(
+        keys, device_public, fleet=fleet, name="secure", device="dev-a", version=1, signing_key=publisher.key
+    )
+    doc = publisher.document("secure", 1, module, module_port).to_json_dict()
+    doc["content"]["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]["scorer"]["settings"][
+        "auth"
+    ] = True
+    log = (tmp_path / "agent.log").open("wb")
+    first = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    second = None
+
+    async def score(key: str | None) -> int:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"http://127.0.0.1:{module_port}/score", data=json.dumps(SAMPLE), headers=headers
+            ) as resp,
+        ):
+            return resp.status
+
+    def serving() -> dict | None:
+        scorer = ((_status(status_port) or {}).get("modules") or {}).get("scorer")
+        return scorer if scorer and scorer["status"] == "running" else None
+
+    try:
+        await publisher.deploy(DeploymentDocument.model_validate(doc))
+        await wait_for(
+            lambda: ((_status(status_port) or {}).get("modules") or {}).get("scorer"), what="auth module seen"
+        )
+        assert serving() is None, "an auth module must not serve before its keys arrive"
+        await asyncio.to_thread(
+            publish, mosquitto.port, publisher.topics.keys("dev-a", "secure"), json.dumps(sealed).encode()
+        )
+        before = await wait_for(serving, timeout=90, what="auth module running")
+        assert await score(None) == 401 and await score(primary) == 200
+
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        second = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        after = await wait_for(
+            lambda: (s := serving()) and _status(status_port)["deployments"].get("secure") and s,
+            timeout=90,
+            what="re-adopted",
+        )
+        assert after["pid"] == before["pid"]
+        assert await score(None) == 401 and await score(primary) == 200
+        # restarted by the re-adopting agent: the new process requires the key too
+        restarted = signal.SIGKILL
+        os.kill(before["pid"], restarted)
+        await wait_for(lambda: (s := serving()) and s["pid"] != before["pid"], timeout=90, what="restarted")
+        assert await score(None) == 401 and await score(primary) == 200
+        # the keys are nowhere on disk in clear
+        for path in data_dir.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                assert primary.encode() not in path.read_bytes(), f"scoring key in clear in {path}"
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
         for leftover in _scoring_processes(str(data_dir)):
             os.kill(leftover, signal.SIGKILL)
         log.close()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent._intake import Accepted, Deleted, Intake, Refused, Unchanged
-from modules.deployment import sign_document
+from edge_agent._intake import Accepted, Cleared, Deleted, Intake, Refused, Unchanged
+from modules.deployment import Tombstone, sign_document
 from modules.topics import FleetTopics
 from tests.deployment._factories import document
 
@@ -68,8 +69,30 @@ def test_document_on_another_deployments_topic_or_fleet_is_refused(intake: Intak
     assert isinstance(verdict, Refused) and "fleet" in verdict.reason
 
 
-def test_empty_retained_payload_deletes(intake: Intake) -> None:
-    assert intake.evaluate(TOPICS.deployment("iris-prod"), b"", {}, {}) == ("iris-prod", Deleted("iris-prod"))
+def test_an_empty_retained_payload_is_an_unsigned_clear_that_changes_nothing(intake: Intake) -> None:
+    assert intake.evaluate(TOPICS.deployment("iris-prod"), b"", {}, {}) == ("iris-prod", Cleared("iris-prod"))
+
+
+def test_a_signed_tombstone_deletes_and_sets_the_floor(intake: Intake) -> None:
+    tombstone = sign_document(
+        Tombstone(fleet="factory", name="iris-prod", version=4, deleted_at=datetime.now(UTC)), KEY
+    )
+    wire = json.dumps(tombstone.to_json_dict()).encode()
+    topic = TOPICS.deployment("iris-prod")
+    assert intake.evaluate(topic, wire, {}, {"iris-prod": 3}) == (
+        "iris-prod",
+        Deleted("iris-prod", "iris-prod", 4),
+    )
+    _, replayed = intake.evaluate(topic, wire, {"iris-prod": {}}, {"iris-prod": 4})
+    assert isinstance(replayed, Refused) and "replayed deletion" in replayed.reason
+    forged = json.dumps(
+        sign_document(
+            Tombstone(fleet="factory", name="iris-prod", version=9, deleted_at=datetime.now(UTC)),
+            Ed25519PrivateKey.generate(),
+        ).to_json_dict()
+    ).encode()
+    _, untrusted = intake.evaluate(topic, forged, {}, {})
+    assert isinstance(untrusted, Refused) and "not trusted" in untrusted.reason
 
 
 def test_device_override_must_name_this_device(intake: Intake) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,8 @@ from edge_agent import Agent, AgentConfig
 from edge_agent._planner import Remove, Replace, Start
 from edge_agent._runtime import ModuleStartError
 from edge_agent._state import PersistedState, StateFile
-from modules.deployment import DeploymentDocument, sign_document
-from modules.device_state import ReportedState
+from modules.deployment import DeploymentDocument, Tombstone, sign_document
+from modules.device_state import MethodRequest, ReportedState, sign_method_request
 from modules.signing import public_key_pem
 from modules.topics import FleetTopics
 from modules.transport import Message
@@ -49,7 +50,7 @@ def _doc(version: int, modules: dict[str, str], name: str = "iris-prod") -> Depl
     return document(name=name, version=version, content=content)
 
 
-def _wire(doc: DeploymentDocument, key: Ed25519PrivateKey = KEY) -> bytes:
+def _wire(doc: DeploymentDocument | Tombstone, key: Ed25519PrivateKey = KEY) -> bytes:
     return json.dumps(sign_document(doc, key).to_json_dict()).encode()
 
 
@@ -129,7 +130,8 @@ async def test_one_broken_module_does_not_stop_the_others(parts) -> None:
 async def test_a_deleted_deployment_removes_its_modules(parts) -> None:
     agent, _, runtime = parts
     await _receive(agent, TOPICS.deployment("iris-prod"), _wire(_doc(1, {"iris": DIGEST_1})))
-    await _receive(agent, TOPICS.deployment("iris-prod"), b"")
+    tombstone = Tombstone(fleet="factory", name="iris-prod", version=2, deleted_at=datetime.now(UTC))
+    await _receive(agent, TOPICS.deployment("iris-prod"), _wire(tombstone))
     assert isinstance(runtime.commands[-1], Remove)
     state = agent.reported_state()
     assert "iris" not in state.modules
@@ -224,8 +226,16 @@ async def test_the_wired_agent_reports_answers_methods_and_goes_offline(parts) -
 
         state = await asyncio.wait_for(reported(), 5)
         assert state.deployments["iris-prod"].outcome == "applied"
-        request = json.dumps({"payload": {"module": "iris", "tail": 2}}).encode()
-        transport.inject(TOPICS.method_request("dev-1", "getLogs", "r1"), request, retain=False)
+        request = MethodRequest(
+            fleet="factory",
+            device="dev-1",
+            method="getLogs",
+            request_id="r1",
+            expires_at=datetime.now(UTC) + timedelta(seconds=30),
+            payload={"module": "iris", "tail": 2},
+        )
+        wire = json.dumps(sign_method_request(request, KEY)).encode()
+        transport.inject(TOPICS.method_request("dev-1", "getLogs", "r1"), wire, retain=False)
 
         async def answered() -> bytes:
             while (payload := transport.last(TOPICS.method_response("dev-1", "r1"))) is None:

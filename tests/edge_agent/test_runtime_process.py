@@ -106,6 +106,7 @@ async def test_instance_serves_iris_predictions_through_the_front_proxy(runtime:
         settings = runtime.settings_path(config.instance_id)
         assert config.instance_id in Path(f"/proc/{instance.pid}/cmdline").read_text()
         assert settings.stat().st_mode & 0o077 == 0
+        assert b"k3y-only-in-settings" not in settings.read_bytes()  # handed over by pipe only
     finally:
         await proxy.stop()
         code = await runtime.stop(instance)
@@ -276,3 +277,20 @@ async def test_ensure_env_reports_pip_failure(runtime: ProcessRuntime) -> None:
         await runtime.ensure_env(["modelfleet-no-such-package-exists==0.0.1"])
     assert "modelfleet-no-such-package-exists" in caught.value.reason
     assert not any((runtime.data_dir / "envs").iterdir())
+
+
+async def test_a_stray_instance_no_record_accounts_for_is_found_and_reaped(runtime: ProcessRuntime) -> None:
+    """What a crash between starting an instance and recording it leaves behind."""
+    kept = await runtime.start(make_config("iris-svc-keep-1"))
+    stray = await runtime.start(make_config("iris-svc-stray-2"))
+    try:
+        await runtime.wait_ready(stray, timeout=60)
+        assert runtime.strays({kept.pid}) == [stray.pid]
+        other = ProcessRuntime(runtime.data_dir.parent / "another-agent")
+        assert other.strays(set()) == []  # another data dir's instances are not ours
+        await runtime.reap(stray.pid)
+        assert runtime.strays({kept.pid}) == []
+        assert kept.pid in {p for p in [kept.pid] if Path(f"/proc/{p}").exists()}
+    finally:
+        await runtime.stop(kept)
+        await runtime.stop(stray)

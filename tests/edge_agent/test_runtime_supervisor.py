@@ -139,14 +139,15 @@ async def test_failed_first_start_raises_and_reports_failed(runtime: ProcessRunt
     assert states[0].status == "starting"
 
 
-async def test_on_unhealthy_replaces_an_instance_that_fails_its_probe(
-    runtime: ProcessRuntime, tmp_path: Path
+@pytest.mark.parametrize("policy", ["on-unhealthy", "always"])
+async def test_on_unhealthy_and_always_replace_an_instance_that_fails_its_probe(
+    runtime: ProcessRuntime, tmp_path: Path, policy: str
 ) -> None:
     states: list[ModuleState] = []
     supervisor = Supervisor(
         runtime,
-        make_config("iris-svc-probe-1"),
-        policy="on-unhealthy",
+        make_config(f"iris-svc-probe-{policy}"),
+        policy=policy,  # type: ignore[arg-type]
         backoff=Backoff(base_s=0.05),
         on_state=states.append,
         # A route the host does not have: every probe fails, as a wedged model's would.

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from modules.deployment import DeploymentDocument, in_rollout, rollout_bucket
-from publisher import FleetConnection, Model, Module, Workspace
+from publisher import FleetConnection, Model, Module, Workspace, _deploy
 from publisher._rollout import drive
 from tests._services import Service
 from tests.edge_agent._fleet import wait_for
@@ -57,7 +57,8 @@ async def test_rollout_advances_step_by_step_then_aborts_and_restores_when_30_pe
             )  # fmt: skip
 
         async with FleetConnection(ws) as hub:
-            doc = DeploymentDocument.model_validate(hub.snapshot.documents[NAME])
+            doc = _deploy.current(hub, NAME)  # verified as this workspace's own
+            assert doc is not None
             result = await drive(hub, ws, doc, None, step_timeout_s=120, on_step=on_step)
         assert result.ok, result.summary
         assert seen_steps == [10, 50, 100]
