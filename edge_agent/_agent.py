@@ -168,7 +168,11 @@ class Agent:
             tls_key_file=c.mqtt_tls_key_file,
         )
         will = Presence(device_id=self.device_id, online=False).model_dump_json().encode()
-        return MqttTransport(settings, will=(self.topics.status(self.device_id), will, True))
+        return MqttTransport(
+            settings,
+            will=(self.topics.status(self.device_id), will, True),
+            max_payload_bytes=c.max_payload_bytes,
+        )
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         self._tasks.append(asyncio.create_task(coro, name=name))
@@ -278,6 +282,12 @@ class Agent:
 
     async def on_message(self, message: Message) -> None:
         """Route one control-plane message to the part that owns its topic."""
+        if message.oversized is not None:
+            limit = self.config.max_payload_bytes
+            reason = f"payload of {message.oversized} bytes is above the limit of {limit}; dropped unread"
+            log.warning("refused a message on %s: %s", message.topic, reason)
+            self.book.refusal(message.topic, reason)
+            return
         parsed = self.topics.parse_device_topic(message.topic)
         if parsed is not None and parsed[0] == self.device_id:
             rest = parsed[1]

@@ -19,6 +19,9 @@ class Message:
     topic: str
     payload: bytes
     retain: bool
+    # set (to the payload's size) when the payload was above the transport's limit and dropped
+    # unread: `payload` is then empty, and must not be taken for a cleared retained message
+    oversized: int | None = None
 
 
 class TransportError(ModelfleetError):

@@ -126,9 +126,10 @@ class FleetConnection:
         self._settings = _mqtt_settings(workspace)
         self._token = self._settings.client_id.rsplit("-", 1)[1]
         self._sync_topic = f"{self.topics.prefix}/publisher/sync/{self._token}"
-        self._transport = MqttTransport(self._settings)
+        self._transport = MqttTransport(self._settings, max_payload_bytes=workspace.max_payload_bytes)
         self._waiting: dict[str, asyncio.Future[bytes]] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._oversized: int | None = None  # the size of the message being handled, if dropped unread
 
     async def __aenter__(self) -> FleetConnection:
         for topic in (
@@ -164,6 +165,7 @@ class FleetConnection:
 
     def _on_message(self, message: Message) -> None:
         topic, payload = message.topic, message.payload
+        self._oversized = message.oversized
         waiter = self._waiting.pop(topic, None)
         if waiter is not None:
             if not waiter.done():
@@ -189,11 +191,14 @@ class FleetConnection:
         self.changed.set()
 
     def _decode(self, payload: bytes) -> Any:
+        if self._oversized is not None:  # dropped unread by the transport
+            limit = self.workspace.max_payload_bytes
+            raise PayloadRefused(f"payload of {self._oversized} bytes is above the limit of {limit}")
         return loads_limited(payload, max_bytes=self.workspace.max_payload_bytes)
 
     def _retained(self, topic: str, payload: bytes) -> Retained | None:
         """None for an empty payload (nothing retained); otherwise what arrived, or why not."""
-        if not payload:
+        if not payload and self._oversized is None:
             return None
         try:
             raw = self._decode(payload)
@@ -213,7 +218,7 @@ class FleetConnection:
         problems.pop(rest, None)
         if not problems:
             del snap.unreadable[device_id]
-        if not payload:
+        if not payload and self._oversized is None:
             book.pop(device_id, None)
             return
         try:

@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 from pydantic import BaseModel, SecretStr, field_validator, model_validator
 
+from modules.mqtt._guard import MARKER, GuardedSocket
 from modules.tasks import cancel_and_wait
 from modules.transport import Message, TransportConnectError, TransportError
 
@@ -51,6 +52,14 @@ ATTEMPT_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
 # paho's keepalive and retry bookkeeping runs on this period.
 MISC_PERIOD_S = 1.0
+# What a PUBLISH body may hold beyond the payload cap: topic (up to 64 KiB in MQTT) and packet id.
+_TOPIC_ROOM = 65535 + 2 + 2
+
+
+def _pending(sock: Any) -> int:
+    if isinstance(sock, GuardedSocket):
+        return sock.pending()
+    return sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
 
 
 class MqttError(TransportError):
@@ -174,12 +183,16 @@ class MqttTransport:
         *,
         will: tuple[str, bytes, bool] | None = None,
         queue_size: int = 10000,
+        max_payload_bytes: int | None = None,
     ) -> None:
+        """`max_payload_bytes`: a PUBLISH above it (plus room for its topic) is dropped unread,
+        on the wire, and delivered as a `Message` with `oversized` set and no payload."""
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
         self._settings = settings
         self._will = will
         self._queue_size = queue_size
+        self._max_body = None if max_payload_bytes is None else max_payload_bytes + _TOPIC_ROOM
         self._where = f"{settings.host}:{settings.port}"
         self._subscriptions: dict[str, int] = {}
         self._on_connect: list[Callable[[], Awaitable[None]]] = []
@@ -423,7 +436,9 @@ class MqttTransport:
     async def _connect_once(self) -> None:
         """One attempt: socket, CONNECT/CONNACK, SUBSCRIBE/SUBACK; then the transport is ready."""
         assert self._client is not None and self._loop is not None
-        sock = await self._open_socket()
+        sock: Any = await self._open_socket()
+        if self._max_body is not None:
+            sock = GuardedSocket(sock, self._max_body)
         self._last_error = None
         self._disconnect_reason = None
         self._connack = connack = self._loop.create_future()
@@ -667,8 +682,9 @@ class MqttTransport:
         if client is None or sock is None:
             return
         client.loop_read()
-        # Decrypted TLS bytes already inside the SSL object do not make the fd readable again.
-        while isinstance(sock, ssl.SSLSocket) and self._sock is sock and not self._paused and sock.pending():
+        # Decrypted TLS bytes already inside the SSL object (or read ahead by the payload guard)
+        # do not make the fd readable again.
+        while self._sock is sock and not self._paused and _pending(sock):
             client.loop_read()
 
     def _on_writable(self) -> None:
@@ -689,6 +705,8 @@ class MqttTransport:
         self._paused = False
         if self._sock is not None and self._loop is not None:
             self._loop.add_reader(self._sock, self._on_readable)
+            if _pending(self._sock):  # bytes already read off the fd wait in a buffer of ours
+                self._loop.call_soon(self._on_readable)
 
     # ---------------------------------------------------------------- paho protocol callbacks
     # Each accepts the paho 1.6 signature and the paho 2.x VERSION2 one, and never raises into paho.
@@ -745,7 +763,12 @@ class MqttTransport:
         except UnicodeDecodeError:
             log.warning("MQTT message with a topic that is not UTF-8 dropped")
             return
-        self._inbox.append(Message(topic, bytes(msg.payload), bool(msg.retain)))
+        payload = bytes(msg.payload)
+        oversized = None
+        if self._max_body is not None and payload.startswith(MARKER):
+            oversized = int(payload[len(MARKER) :] or 0)
+            payload = b""
+        self._inbox.append(Message(topic, payload, bool(msg.retain), oversized))
         self._inbox_ready.set()
         if len(self._inbox) >= self._queue_size and self._ready.is_set():
             self._pause_reading()

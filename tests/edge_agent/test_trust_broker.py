@@ -94,6 +94,23 @@ async def test_clears_overrides_on_the_fleet_topic_and_replays_change_nothing(
         publish(mosquitto.port, topics.deployment("pin"), _wire(override))
         await wait_for(lambda: _refused(agent, "fleet topic"), 20, "override refused")
         assert runtime.records["iris"].digest == DIGEST_1
+        # on the device's own topic it applies; an unsigned clear of it changes nothing
+        publish(mosquitto.port, topics.desired("dev-1"), _wire(override))
+        await wait_for(lambda: runtime.records["iris"].digest == DIGEST_2, 20, "override applied")
+        publish(mosquitto.port, topics.desired("dev-1"), b"")
+        await wait_for(
+            lambda: any(
+                r.topic == topics.desired("dev-1") and "without a signed delete" in r.reason
+                for r in agent.refused
+            ),
+            20,
+            "override clear noticed",
+        )
+        assert runtime.records["iris"].digest == DIGEST_2
+        publish(mosquitto.port, topics.desired("dev-1"), _tombstone("pin", 8, device="dev-1", fleet=fleet))
+        await wait_for(
+            lambda: runtime.records["iris"].digest == DIGEST_1, 20, "override deleted by a signed delete"
+        )
 
         # scoring keys: a clear keeps them, an older document replayed after it is refused
         keys_topic = topics.keys("dev-1", "iris-prod")
