@@ -1,8 +1,12 @@
-"""Module logs: the children's output copied from their pipe into a size-rotated file per module.
+"""Module logs: each instance writes its output into a file of its own, and the agent moves it
+into a size-rotated log per module.
 
-Every instance of a module (old and new version side by side during a switch) writes into the
-same file, so `logs(module)` shows one story. The file is written from the event loop in small
-appends, as the logging module would; reading a tail never loads a whole file.
+An instance's stdout and stderr are a file it holds open itself (`InstanceOutput`), never a pipe
+to the agent: after the agent is killed, a `print()` in `run()` still succeeds, and the lines
+wait in the file until the next agent collects them. The agent collects complete lines into
+the module's rotating log (so `logs(module)` shows one story across the old and the new version
+of a switch) and truncates the instance's file behind it, off the event loop. A line written in
+the instant between a collection's read and its truncation can be lost; nothing else is.
 """
 
 from __future__ import annotations
@@ -120,25 +124,53 @@ def tail_lines(files: list[Path], count: int) -> list[str]:
     return list(collected)
 
 
-async def pump(reader: asyncio.StreamReader, log: RotatingLog, recent: collections.deque[str]) -> None:
-    """Copy a child's output into its module log until EOF, keeping the last lines in `recent`.
+class InstanceOutput:
+    """One instance's output file and the agent's collection of it."""
 
-    Only complete lines go to the file so two instances writing at once never split each
-    other's lines; `recent` is what a start failure quotes without re-reading the file.
-    """
-    pending = b""
-    while True:
-        chunk = await reader.read(_READ_CHUNK)
-        if not chunk:
-            break
-        pending += chunk
-        cut = pending.rfind(b"\n")
-        if cut < 0 and len(pending) < _MAX_LINE:
-            continue
-        complete, pending = (pending[: cut + 1], pending[cut + 1 :]) if cut >= 0 else (pending + b"\n", b"")
-        _emit(complete, log, recent)
-    if pending:
-        _emit(pending + b"\n", log, recent)
+    def __init__(self, path: Path, log: RotatingLog, recent: collections.deque[str]) -> None:
+        self.path = path
+        self.log = log
+        self.recent = recent
+        self._partial = b""  # an unfinished last line, held until its newline arrives
+
+    def open_for_child(self) -> int:
+        """The fd the child gets as stdout and stderr (append-only: truncation behind it is safe)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def collect(self) -> None:
+        """Move what the instance wrote since the last collection into the module log."""
+        try:
+            with open(self.path, "r+b") as handle:
+                data = handle.read()
+                if data:
+                    handle.truncate(0)
+        except FileNotFoundError:
+            return
+        except OSError:
+            return  # a full or failing disk must not stop the module, only its log
+        data = self._partial + data
+        cut = data.rfind(b"\n")
+        if cut < 0 and len(data) < _MAX_LINE:
+            self._partial = data
+            return
+        complete, self._partial = (data[: cut + 1], data[cut + 1 :]) if cut >= 0 else (data + b"\n", b"")
+        _emit(complete, self.log, self.recent)
+
+    def finish(self) -> None:
+        """The instance is gone: the last lines, then its file."""
+        self.collect()
+        if self._partial:
+            _emit(self._partial + b"\n", self.log, self.recent)
+            self._partial = b""
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+    async def run(self, period_s: float) -> None:
+        """Collect every `period_s` until cancelled."""
+        while True:
+            await asyncio.to_thread(self.collect)
+            await asyncio.sleep(period_s)
 
 
 def _emit(data: bytes, log: RotatingLog, recent: collections.deque[str]) -> None:

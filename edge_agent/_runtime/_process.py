@@ -23,11 +23,11 @@ from pathlib import Path
 
 import aiohttp
 
-from modules.tasks import cancel_and_wait, wait_quietly
+from modules.tasks import cancel_and_wait
 
 from ._config import InstanceConfig, keys_json, settings_json
 from ._errors import ModuleStartError
-from ._logs import RotatingLog, pump, tail_lines
+from ._logs import InstanceOutput, RotatingLog, tail_lines
 from ._venv import EnvBuilder
 
 log = logging.getLogger("modelfleet.agent.runtime")
@@ -38,6 +38,8 @@ _RECENT_LINES = 40
 _REASON_LINES = 15
 _POLL_S = 0.1
 _ADOPTED_POLL_S = 0.25
+# How often an instance's output file is moved into its module's log.
+_COLLECT_PERIOD_S = 0.5
 
 
 class Instance:
@@ -61,7 +63,8 @@ class Instance:
         self._exited: asyncio.Future[int] | None = None
         self._pidfd: int | None = None
         self._poller: asyncio.Task[None] | None = None
-        self.pump_task: asyncio.Task[None] | None = None
+        self.pump_task: asyncio.Task[None] | None = None  # collects its output file
+        self.output: InstanceOutput | None = None
 
     def __repr__(self) -> str:
         return f"<Instance {self.config.instance_id} pid={self.pid} returncode={self.returncode}>"
@@ -118,6 +121,8 @@ class Instance:
         return await asyncio.shield(self._exited)
 
     def reason(self, lines: int = _REASON_LINES) -> str:
+        if self.output is not None:
+            self.output.collect()  # what it wrote just before failing
         return "\n".join(list(self.recent)[-lines:])
 
 
@@ -275,7 +280,8 @@ class ProcessRuntime:
             keys_read, keys_write = os.pipe()
             os.write(keys_write, keys)
             os.close(keys_write)
-        read_fd, write_fd = os.pipe()
+        output = self.instance_output(config)
+        write_fd = output.open_for_child()
         try:
             popen = subprocess.Popen(
                 self.command(config, python, keys_read),
@@ -289,7 +295,6 @@ class ProcessRuntime:
                 pass_fds=() if keys_read is None else (keys_read,),
             )
         except OSError as exc:
-            os.close(read_fd)
             raise ModuleStartError(f"cannot start {config.instance_id}: {exc}") from exc
         finally:
             os.close(write_fd)
@@ -297,17 +302,7 @@ class ProcessRuntime:
                 os.close(keys_read)
         instance = Instance(config, popen.pid, datetime.now(UTC), popen=popen)
         instance._watch()
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=1 << 20)
-        await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0)
-        )
-        task = loop.create_task(
-            pump(reader, self.module_log(config.module), instance.recent), name=f"log-{config.instance_id}"
-        )
-        instance.pump_task = task
-        self._pumps.add(task)
-        task.add_done_callback(self._pumps.discard)
+        self._collect(instance, output)
         log.info("started %s (pid %d, port %d)", config.instance_id, popen.pid, config.port)
         return instance
 
@@ -334,7 +329,9 @@ class ProcessRuntime:
         while _group_alive(pgid) and time.monotonic() < deadline:
             await asyncio.sleep(_POLL_S)
         if instance.pump_task is not None:
-            await wait_quietly(instance.pump_task, 2.0)  # the last log lines
+            await cancel_and_wait(instance.pump_task)
+        if not _group_alive(pgid) and instance.output is not None:
+            await asyncio.to_thread(instance.output.finish)  # the last log lines
         if not _group_alive(pgid):
             # Nothing left that could be adopted: the private settings (keys) go with it.
             shutil.rmtree(self.settings_path(instance.config.instance_id).parent, ignore_errors=True)
@@ -414,7 +411,24 @@ class ProcessRuntime:
         """A handle on an instance started by an earlier agent, or None when the pid is not it."""
         if config.instance_id != instance_id or not _alive(pid, instance_id):
             return None
-        return Instance(config, pid, _started_at_of(pid))
+        instance = Instance(config, pid, _started_at_of(pid))
+        # what it printed while no agent was there waits in its file
+        self._collect(instance, self.instance_output(config))
+        return instance
+
+    def instance_output(self, config: InstanceConfig) -> InstanceOutput:
+        path = self.data_dir / "logs" / f"{config.instance_id}.out"
+        return InstanceOutput(path, self.module_log(config.module), collections.deque(maxlen=_RECENT_LINES))
+
+    def _collect(self, instance: Instance, output: InstanceOutput) -> None:
+        output.recent = instance.recent
+        instance.output = output
+        task = asyncio.get_running_loop().create_task(
+            output.run(_COLLECT_PERIOD_S), name=f"log-{instance.config.instance_id}"
+        )
+        instance.pump_task = task
+        self._pumps.add(task)
+        task.add_done_callback(self._pumps.discard)
 
     def strays(self, keep: set[int]) -> list[int]:
         """Scoring hosts of this runtime's instances (their settings file is under this data dir)

@@ -116,7 +116,7 @@ async def test_agent_killed_with_sigkill_readopts_its_module_without_a_second_co
 ) -> None:
     fleet = "sigkill"
     publisher = await asyncio.to_thread(Publisher, tmp_path / "pub", distribution.url, mosquitto.port, fleet)
-    module = await publisher.package(EXAMPLES / "iris-service" / "score.py")
+    module = await publisher.package(ROOT / "tests" / "edge_agent" / "scripts" / "chatty.py")
     module_port, status_port = free_port(), free_port()
     data_dir = tmp_path / "agent"
     argv = [
@@ -151,6 +151,13 @@ async def test_agent_killed_with_sigkill_readopts_its_module_without_a_second_co
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
         assert _scoring_processes(marker) == [pid]  # the module outlives the agent
+        # and keeps answering on its own port: a print() in run() has no pipe to break
+        internal = f"http://127.0.0.1:{record['internal_port']}/score"
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(internal, data=json.dumps(SAMPLE)) as resp,
+        ):
+            assert resp.status == 200, await resp.text()
 
         second = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         after = await wait_for(
@@ -159,6 +166,11 @@ async def test_agent_killed_with_sigkill_readopts_its_module_without_a_second_co
         assert after["modules"]["scorer"]["pid"] == pid
         assert _scoring_processes(marker) == [pid]
         assert after["deployments"]["iris"]["outcome"] == "applied"
+        # what it printed while no agent was there reaches the module's log
+        logs = data_dir / "runtime" / "logs" / "scorer.log"
+        await wait_for(
+            lambda: logs.exists() and "scored 3 rows" in logs.read_text(), timeout=10, what="log line"
+        )
         async with (
             aiohttp.ClientSession() as session,
             session.post(f"http://127.0.0.1:{module_port}/score", data=json.dumps(SAMPLE)) as resp,
