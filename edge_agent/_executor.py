@@ -25,7 +25,7 @@ from edge_agent._store import ArtifactStore, StoredModule
 from modules import ModelfleetError
 from modules.device_state import ModuleState
 from modules.oci import RegistryClient, RegistryCredentials
-from modules.spec import HealthProbe
+from modules.spec import HealthProbe, Resources
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,9 @@ class Executor:
             smoke_test=True,
             ready_timeout=self.config.start_timeout_s,
             python=python,
+            resources=Resources.model_validate(desired.resources)
+            if desired.resources
+            else config.spec.resources,
         )
         holder.append(supervisor)
         self._emit[id(supervisor)] = lambda: forward(supervisor.state)

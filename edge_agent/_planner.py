@@ -37,6 +37,8 @@ class DesiredModule:
     health_probe: Mapping[str, Any] | None = None
     keys_version: int | None = None
     auth_required: bool = False
+    # the deployment's `resources` for the module, overriding its spec's (None: the spec's)
+    resources: Mapping[str, Any] | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -51,6 +53,8 @@ class DesiredModule:
             "health_probe": self.health_probe,
             "keys_version": self.keys_version,
         }
+        if self.resources:  # only when set: records from before resources keep their fingerprint
+            body["resources"] = dict(sorted(self.resources.items()))
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -133,6 +137,7 @@ def desired_modules(
             health_probe=s.health_probe.model_dump() if s.health_probe else None,
             keys_version=(keys_versions or {}).get(deployment) if deployment else None,
             auth_required=bool((s.model_extra or {}).get("auth", False)),
+            resources=s.resources.model_dump(exclude_none=True) if s.resources else None,
         )
     return out, unsupported
 

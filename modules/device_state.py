@@ -31,6 +31,8 @@ class ModuleState(BaseModel):
     pid: int | None = None
     exit_code: int | None = None
     restart_count: int = 0
+    # the resource limits in force and how they are enforced; None without limits
+    limits: str | None = None
     started_at: datetime | None = None
     exited_at: datetime | None = None
     next_restart_at: datetime | None = None

@@ -23,8 +23,10 @@ from pathlib import Path
 
 import aiohttp
 
+from modules.spec import Resources
 from modules.tasks import cancel_and_wait
 
+from . import _limits as limits
 from ._config import InstanceConfig, keys_json, settings_json
 from ._errors import ModuleStartError
 from ._logs import InstanceOutput, RotatingLog, tail_lines
@@ -263,7 +265,9 @@ class ProcessRuntime:
         env.pop("MODELFLEET_SCORING_SECONDARY_KEY", None)
         return env
 
-    async def start(self, config: InstanceConfig, *, python: str | None = None) -> Instance:
+    async def start(
+        self, config: InstanceConfig, *, python: str | None = None, resources: Resources | None = None
+    ) -> Instance:
         """Spawn the scoring host for `config` in its own session; returns once it is spawned."""
         settings_file = self.settings_path(config.instance_id)
         settings_file.parent.mkdir(parents=True, exist_ok=True)
@@ -300,6 +304,7 @@ class ProcessRuntime:
             os.close(write_fd)
             if keys_read is not None:
                 os.close(keys_read)
+        limits.apply(popen.pid, resources)
         instance = Instance(config, popen.pid, datetime.now(UTC), popen=popen)
         instance._watch()
         self._collect(instance, output)

@@ -17,9 +17,10 @@ from typing import Any
 import aiohttp
 
 from modules.device_state import ModuleState
-from modules.spec import HealthProbe
+from modules.spec import HealthProbe, Resources
 from modules.tasks import cancel_and_wait
 
+from . import _limits as limits
 from ._backoff import RESTARTS_UNHEALTHY, Backoff, RestartPolicy, should_restart
 from ._config import InstanceConfig
 from ._errors import ModuleStartError
@@ -51,6 +52,7 @@ class Supervisor:
         smoke_test: bool = False,
         ready_timeout: float = 120.0,
         python: str | None = None,
+        resources: Resources | None = None,
     ) -> None:
         self.runtime = runtime
         self.config = config
@@ -60,6 +62,7 @@ class Supervisor:
         self.smoke_test = smoke_test
         self.ready_timeout = ready_timeout
         self.python = python
+        self.resources = resources
         self._on_state = on_state
         self.instance: Instance | None = None
         self.state = ModuleState(
@@ -67,6 +70,7 @@ class Supervisor:
             module=f"modules/{config.spec.name}",
             version=config.spec.version,
             port=config.port,
+            limits=limits.describe(resources),
         )
         self._watcher: asyncio.Task[None] | None = None
         self._failures = 0  # consecutive failed runs, for the backoff
@@ -123,7 +127,7 @@ class Supervisor:
     async def _launch(self, **changes: Any) -> Instance:
         """One start attempt: spawn, ready, smoke test. A failed attempt leaves nothing running."""
         self._update(status="starting", health="unknown", next_restart_at=None, **changes)
-        instance = await self.runtime.start(self.config, python=self.python)
+        instance = await self.runtime.start(self.config, python=self.python, resources=self.resources)
         self.instance = instance
         try:
             await self.runtime.wait_ready(instance, self.ready_timeout)
@@ -198,17 +202,40 @@ class Supervisor:
 
     async def _run_until_exit(self, instance: Instance) -> tuple[int, bool]:
         """The exit code, and whether we ended the instance for failing its health probe."""
-        prober = asyncio.get_running_loop().create_task(self._probe(instance))
+        loop = asyncio.get_running_loop()
+        prober = loop.create_task(self._probe(instance))
         exited = asyncio.ensure_future(instance.wait())
+        watched = {prober, exited}
+        memory = None
+        if self.resources is not None and self.resources.memory_mb is not None:
+            memory = loop.create_task(self._watch_memory(instance, self.resources.memory_mb))
+            watched.add(memory)
         try:
-            done, _ = await asyncio.wait({prober, exited}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
             if exited in done:
                 return exited.result(), False
+            if memory is not None and memory in done:
+                # Over its memory: killed at once (it may be taking the device's memory with it).
+                self._update(last_error=memory.result())
+                return await self.runtime.stop(instance, timeout=0.0), False
             # The probe gave up on the instance: end it, and let the policy decide.
             self._update(last_error=f"health probe {self.health_probe.path} failed repeatedly")
             return await self.runtime.stop(instance), True
         finally:
-            await cancel_and_wait(prober, exited)
+            await cancel_and_wait(*watched)
+
+    async def _watch_memory(self, instance: Instance, limit_mb: int) -> str:
+        """Returns (the reason) once the module's resident memory is above its limit."""
+        limit = limit_mb * 1024 * 1024
+        while True:
+            used = await asyncio.to_thread(limits.resident_bytes, instance.pid)
+            if used > limit:
+                used_mb = used / 2**20
+                log.warning(
+                    "%s uses %.0f MiB, above memory_mb %d: killing it", self.config.module, used_mb, limit_mb
+                )
+                return f"out of memory: {used_mb:.0f} MiB resident, above memory_mb {limit_mb}"
+            await asyncio.sleep(limits.WATCH_PERIOD_S)
 
     async def _probe(self, instance: Instance) -> None:
         """Probe forever; returns only when the policy wants an unhealthy instance replaced."""

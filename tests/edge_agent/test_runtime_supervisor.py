@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from edge_agent._runtime import Backoff, ModuleStartError, ProcessRuntime, Supervisor, should_restart
 from modules.device_state import ModuleState
-from modules.spec import HealthProbe
+from modules.spec import HealthProbe, Resources
 from tests.edge_agent.test_runtime_process import gone, make_config, write_script
 
 CRASHING_SCRIPT = """
@@ -164,3 +166,62 @@ async def test_on_unhealthy_and_always_replace_an_instance_that_fails_its_probe(
     assert any(s.health == "unhealthy" for s in states)
     assert "health probe" in (supervisor.state.last_error or "")
     assert first_pid is not None and gone(first_pid)
+
+
+HOG_SCRIPT = """
+import json
+
+hoard = []
+
+
+def init():
+    pass
+
+
+def run(raw):
+    megabytes = json.loads(raw).get("allocate_mb", 0)
+    hoard.append(bytearray(megabytes * 1024 * 1024))  # touched: zero-filled pages are resident
+    return {"held_mb": sum(len(b) for b in hoard) // (1024 * 1024)}
+"""
+
+
+async def test_a_module_over_its_memory_is_killed_and_reported_while_its_neighbour_serves(
+    runtime: ProcessRuntime, tmp_path: Path
+) -> None:
+    script = write_script(tmp_path / "hog-code", "score.py", HOG_SCRIPT)
+    hog_states: list[ModuleState] = []
+    hog = Supervisor(
+        runtime,
+        make_config("hog-1", script=script, module="hog"),
+        policy="never",
+        backoff=Backoff(base_s=0.01),
+        on_state=hog_states.append,
+        resources=Resources(memory_mb=200),
+    )
+    neighbour = Supervisor(
+        runtime,
+        make_config("calm-1", script=script, module="calm"),
+        policy="always",
+        backoff=Backoff(base_s=0.01),
+        on_state=lambda s: None,
+    )
+    await hog.start()
+    await neighbour.start()
+    try:
+        assert "memory 200 MiB" in (hog.state.limits or "")
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{hog.config.port}/score"
+            async with session.post(url, json={"allocate_mb": 50}) as response:
+                assert response.status == 200  # within its limit
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.post(url, json={"allocate_mb": 400}) as response:
+                    await response.read()
+            await _until(hog_states, lambda s: s.status == "failed", timeout=30)
+            assert "out of memory" in (hog.state.last_error or "")
+            async with session.post(
+                f"http://127.0.0.1:{neighbour.config.port}/score", json={"allocate_mb": 1}
+            ) as response:
+                assert response.status == 200  # the neighbour never noticed
+    finally:
+        await hog.stop()
+        await neighbour.stop()
