@@ -66,11 +66,14 @@ class Service:
 
 
 @contextlib.contextmanager
-def run_distribution(root: Path, *, htpasswd_user: tuple[str, str] | None = None) -> Iterator[Service]:
-    """Debian's docker-registry (Distribution 2.8) with deletes enabled, optionally behind basic auth."""
+def run_distribution(
+    root: Path, *, htpasswd_user: tuple[str, str] | None = None, port: int | None = None
+) -> Iterator[Service]:
+    """Debian's docker-registry (Distribution 2.8) with deletes enabled, optionally behind basic auth.
+    With `port` (and the same `root`), the same registry starts again after a stop."""
     binary = _binary("docker-registry", "docker-registry")
     root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     auth = ""
     if htpasswd_user is not None:
         import bcrypt
