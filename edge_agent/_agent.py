@@ -94,7 +94,7 @@ class Agent:
             store = ArtifactStore(data / "store", reserve_bytes=config.reserve_bytes)
             runtime = Executor(config, store, ProcessRuntime(data / "runtime"), registry)
         self.runtime: ModuleRuntime = runtime
-        self.runtime.bind(self._on_module_state, self.keys.keys_for)
+        self.runtime.bind(self._on_module_state, self.keys.keys_for, self._on_download)
         self.runner = PlanRunner(self.runtime, self._record_outcome)
         self.transport: Transport = transport or self._mqtt_transport()
         self.methods = DirectMethods(
@@ -420,7 +420,10 @@ class Agent:
         failures.update({n: f.reason for n, f in standing.items() if not f.transient})
         retrying = {n: _retry_text(f) for n, f in standing.items() if f.transient}
         self._judge(selection, docs, owners, failures, retrying)
-        self.runtime.prune({rec.digest for rec in self.persisted.modules.values()})
+        # what runs, and what is wanted: partial downloads of a wanted version survive to be resumed
+        self.runtime.prune(
+            {rec.digest for rec in self.persisted.modules.values()} | {d.digest for d in desired.values()}
+        )
         self._save()
         self._want_report()
 
@@ -506,6 +509,10 @@ class Agent:
                 self.persisted.applied_documents[state.name] = docs[(state.name, state.version)][1]
         for slot in others:
             self.persisted.applied_documents.pop(slot, None)
+
+    def _on_download(self, name: str, digest: str, done: int, total: int) -> None:
+        record = self.persisted.modules.get(name)
+        self.book.download_progress(name, record.deployment if record else None, digest, done, total)
 
     def _on_module_state(self, name: str, state: ModuleState) -> None:
         failure = self.persisted.failures.get(name)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from edge_agent._config import AgentConfig
 from edge_agent._device_info import execution_providers
-from edge_agent._module_runtime import KeysLookup, StateListener
+from edge_agent._module_runtime import KeysLookup, ProgressListener, StateListener
 from edge_agent._planner import DesiredModule, Remove, Replace, Start
 from edge_agent._runtime import Backoff, FrontProxy, InstanceConfig, ProcessRuntime, Supervisor
 from edge_agent._state import InstanceRecord
@@ -67,13 +67,17 @@ class Executor:
         self.registry = registry or self._registry
         self.on_state: StateListener = lambda _name, _state: None
         self.keys_for: KeysLookup = lambda _deployment: None
+        self.on_progress: ProgressListener | None = None
         self.running: dict[str, RunningModule] = {}
         self._serial = itertools.count(1)
         self._emit: dict[int, Callable[[], None]] = {}
 
-    def bind(self, on_state: StateListener, keys_for: KeysLookup) -> None:
+    def bind(
+        self, on_state: StateListener, keys_for: KeysLookup, on_progress: ProgressListener | None = None
+    ) -> None:
         self.on_state = on_state
         self.keys_for = keys_for
+        self.on_progress = on_progress
 
     def serving(self) -> dict[str, InstanceRecord]:
         return {name: running.record for name, running in self.running.items()}
@@ -103,8 +107,16 @@ class Executor:
 
     async def _fetch(self, desired: DesiredModule) -> StoredModule:
         self._report(desired, status="downloading")
+        on_progress = self.on_progress
+
+        def progress(done: int, total: int) -> None:
+            if on_progress is not None:
+                on_progress(desired.name, desired.digest, done, total)
+
         async with self.registry() as client:
-            return await self.store.ensure_module(client, desired.repository, desired.digest)
+            return await self.store.ensure_module(
+                client, desired.repository, desired.digest, progress=progress
+            )
 
     def _instance_config(
         self, desired: DesiredModule, stored: StoredModule, instance_id: str, port: int

@@ -20,10 +20,14 @@ from modules.service_keys import ServiceKeys
 StateListener = Callable[[str, ModuleState], None]
 # How a runtime asks for the opened scoring keys of a deployment (None: none, or not opened yet).
 KeysLookup = Callable[[str | None], ServiceKeys | None]
+# How a runtime reports a download under way: module name, digest, bytes done, bytes needed.
+ProgressListener = Callable[[str, str, int, int], None]
 
 
 class ModuleRuntime(Protocol):
-    def bind(self, on_state: StateListener, keys_for: KeysLookup) -> None:
+    def bind(
+        self, on_state: StateListener, keys_for: KeysLookup, on_progress: ProgressListener | None = None
+    ) -> None:
         """Called once by the agent before anything else: where states go, where keys come from."""
         ...
 

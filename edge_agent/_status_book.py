@@ -8,15 +8,17 @@ half from another, and every change asks for exactly one (coalesced) report.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from modules.deployment import DeploymentRef
-from modules.device_state import DeploymentState, DeviceInfo, ModuleState, Refusal, ReportedState
+from modules.device_state import DeploymentState, DeviceInfo, Download, ModuleState, Refusal, ReportedState
 
 REFUSALS_KEPT = 20
+PROGRESS_PERIOD_S = 1.0
 
 
 def now() -> datetime:
@@ -35,6 +37,7 @@ class StatusBook:
         self.deployments: dict[str, DeploymentState] = {}
         self.refused: deque[Refusal] = deque(maxlen=REFUSALS_KEPT)
         self.seq = 0
+        self._progress_reported: dict[str, float] = {}  # module -> monotonic time of the last report
 
     # -- modules ------------------------------------------------------------------------------
 
@@ -78,6 +81,18 @@ class StatusBook:
                 last_error=reason,
             )
         self._on_change()
+
+    def download_progress(
+        self, name: str, deployment: str | None, digest: str, done: int, total: int
+    ) -> None:
+        """Bytes so far of a version being downloaded; at most one report a second, and the last."""
+        state = self.modules.get(name) or ModuleState(name=name, deployment=deployment, status="downloading")
+        download = Download(digest=digest, done_bytes=done, total_bytes=total)
+        self.modules[name] = state.model_copy(update={"download": None if done >= total else download})
+        at = time.monotonic()
+        if done >= total or at - self._progress_reported.get(name, 0.0) >= PROGRESS_PERIOD_S:
+            self._progress_reported[name] = at
+            self._on_change()
 
     def error_cleared(self, name: str) -> None:
         """The module's last error is no longer true (its configuration now runs)."""

@@ -309,13 +309,15 @@ class ArtifactStore:
                 missing_bytes, free, reserve_bytes=self.reserve_bytes, what=f"{repository}@{digest}"
             )
 
+        # Stored before any blob: if the download is cut, gc still sees which partial files belong
+        # to this (still wanted) module and keeps them for the resumed attempt.
+        await asyncio.to_thread(write_atomic, self._manifest_path(digest), fetched.body)
         total = sum(layer.size for layer in missing)
         done = 0
         for layer in missing:
             await self._download(client, repository, layer, done, total, progress)
             done += layer.size
 
-        await asyncio.to_thread(write_atomic, self._manifest_path(digest), fetched.body)
         await asyncio.to_thread(self._materialize, digest, manifest, config)
         return StoredModule(digest=digest, spec=spec, root=self._module_path(digest))
 

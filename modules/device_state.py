@@ -19,6 +19,12 @@ Health = Literal["healthy", "unhealthy", "unknown"]
 DeploymentOutcome = Literal["applied", "applying", "failed", "refused", "not-targeted", "removed"]
 
 
+class Download(BaseModel):
+    digest: str
+    done_bytes: int
+    total_bytes: int
+
+
 class ModuleState(BaseModel):
     name: str
     deployment: str | None = None
@@ -33,6 +39,9 @@ class ModuleState(BaseModel):
     restart_count: int = 0
     # the resource limits in force and how they are enforced; None without limits
     limits: str | None = None
+    # a version of the module being downloaded (while this entry may still describe the one that
+    # serves): its digest and bytes so far of the bytes it needs
+    download: Download | None = None
     started_at: datetime | None = None
     exited_at: datetime | None = None
     next_restart_at: datetime | None = None

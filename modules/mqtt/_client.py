@@ -46,8 +46,13 @@ from modules.transport import Message, TransportConnectError, TransportError
 log = logging.getLogger(__name__)
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
-# How long one reconnect attempt (TCP, TLS, CONNACK, SUBACK) may take before it is abandoned.
+# How long one connect attempt (TCP, TLS, CONNACK, SUBACK) may first take before it is abandoned
+# (`MqttSettings.attempt_timeout_s`). An attempt that times out doubles the allowance for the
+# next one, up to `ATTEMPT_TIMEOUT_MAX_S`, and a connection that succeeds keeps it: so the timeout
+# follows a slow link (a satellite or a congested cellular uplink, seconds each way) instead of
+# cutting every attempt short for ever.
 ATTEMPT_TIMEOUT_S = 10.0
+ATTEMPT_TIMEOUT_MAX_S = 120.0
 # How long `stop()` waits for the DISCONNECT to be written before it closes the socket anyway.
 STOP_TIMEOUT_S = 5.0
 # paho's keepalive and retry bookkeeping runs on this period.
@@ -86,6 +91,7 @@ class MqttSettings(BaseModel):
     tls_key_file: Path | None = None
     tls_insecure: bool = False  # as paho's tls_insecure_set: skip the host name check, keep the chain check
     keepalive_s: int = 30
+    attempt_timeout_s: float = ATTEMPT_TIMEOUT_S
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
 
@@ -192,6 +198,7 @@ class MqttTransport:
         self._settings = settings
         self._will = will
         self._queue_size = queue_size
+        self._attempt_timeout = settings.attempt_timeout_s
         self._max_body = None if max_payload_bytes is None else max_payload_bytes + _TOPIC_ROOM
         self._where = f"{settings.host}:{settings.port}"
         self._subscriptions: dict[str, int] = {}
@@ -285,12 +292,14 @@ class MqttTransport:
             while True:
                 remaining = deadline - self._loop.time()
                 try:
-                    async with asyncio.timeout(min(remaining, ATTEMPT_TIMEOUT_S)):
+                    async with asyncio.timeout(min(remaining, self._attempt_timeout)):
                         await self._connect_once()
                     break
                 except _Refused as exc:
                     raise MqttConnectError(str(exc)) from None
                 except (OSError, ssl.SSLError, _ConnectFailed) as exc:
+                    if isinstance(exc, TimeoutError):
+                        self._slower_link()
                     # An attempt cut short by the deadline says less than the failure before it.
                     if reason is None or not isinstance(exc, TimeoutError):
                         reason = _describe(exc)
@@ -564,12 +573,14 @@ class MqttTransport:
             while True:
                 await asyncio.sleep(delay)
                 try:
-                    async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
+                    async with asyncio.timeout(self._attempt_timeout):
                         await self._connect_once()
                     break
                 except _Refused as exc:
                     reason = str(exc)
                 except (OSError, ssl.SSLError, _ConnectFailed) as exc:
+                    if isinstance(exc, TimeoutError):
+                        self._slower_link()
                     reason = _describe(exc)
                 attempt += 1
                 delay = self._backoff(attempt)
@@ -578,6 +589,12 @@ class MqttTransport:
                 )
             log.info("MQTT reconnected to %s after %d attempt(s)", self._where, attempt + 1)
             self._run_on_connect_callbacks()
+
+    def _slower_link(self) -> None:
+        longer = min(ATTEMPT_TIMEOUT_MAX_S, self._attempt_timeout * 2)
+        if longer > self._attempt_timeout:
+            log.info("MQTT connect attempts to %s now get %.0f s (a slow link)", self._where, longer)
+        self._attempt_timeout = longer
 
     def _backoff(self, attempt: int) -> float:
         """Exponential backoff with 'equal jitter': never below half the step, so retries spread out."""

@@ -83,7 +83,7 @@ class FakeRuntime:
         self.keys_for: KeysLookup = lambda _d: None
         self._ports = itertools.count(41000)
 
-    def bind(self, on_state: StateListener, keys_for: KeysLookup) -> None:
+    def bind(self, on_state: StateListener, keys_for: KeysLookup, on_progress=None) -> None:  # type: ignore[no-untyped-def]
         self.on_state = on_state
         self.keys_for = keys_for
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent._store import ArtifactStore, InsufficientDiskError
-from modules import DigestMismatchError
+from modules import DigestMismatchError, ModelfleetError
 from modules.oci import RegistryClient, sha256_bytes
 from publisher import Model, Module, Workspace
 from tests._proxy import FaultProxy
@@ -250,6 +250,34 @@ async def test_a_download_cut_half_way_still_ends_with_a_correct_store(
     assert await store.verify_module(pub.module.digest)
 
 
+async def test_partials_of_a_wanted_module_survive_gc_and_the_next_attempt_resumes(
+    registry: Service, proxy: FaultProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pub = await _publish(registry.url, tmp_path)
+    store = ArtifactStore(tmp_path / "store")
+    async with RegistryClient(proxy.url, retry_delay=0.01) as client:
+        read_spec = client.get_blob
+
+        async def then_cut_every_layer(*args: object, **kwargs: object) -> bytes:
+            data = await read_spec(*args, **kwargs)  # type: ignore[arg-type]
+            proxy.cut_blob_downloads = 1000  # every layer download from here on is cut half-way
+            return data
+
+        monkeypatch.setattr(client, "get_blob", then_cut_every_layer)
+        with pytest.raises(ModelfleetError):
+            await store.ensure_module(client, pub.module.repository, pub.module.digest)
+    partials = [name for name in _blob_files(store.root) if name.endswith(".partial")]
+    assert partials, "the cut download left nothing to resume"
+    store.gc([pub.module.digest])  # still wanted: its partial downloads stay
+    assert [name for name in _blob_files(store.root) if name.endswith(".partial")] == partials
+    proxy.cut_blob_downloads = 0
+    proxy.log.requests.clear()
+    async with RegistryClient(proxy.url, retry_delay=0.01) as client:
+        stored = await store.ensure_module(client, pub.module.repository, pub.module.digest)
+    assert any(rng is not None for method, _, rng in proxy.log.requests if method == "GET")
+    assert await store.verify_module(stored.digest)
+
+
 async def test_a_corrupt_server_raises_and_leaves_nothing(
     registry: Service, proxy: FaultProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -275,8 +303,11 @@ async def test_a_corrupt_server_raises_and_leaves_nothing(
             await store.ensure_module(client, pub.module.repository, pub.module.digest)
     assert _blob_files(store.root) == []
     assert list((store.root / "modules").iterdir()) == []
-    assert list((store.root / "manifests").iterdir()) == []
     assert store.stored_module(pub.module.digest) is None
+    # The manifest is kept from the start of a fetch (so gc keeps a wanted module's partial
+    # downloads for the next attempt); gc removes it once the module is no longer wanted.
+    store.gc([])
+    assert list((store.root / "manifests").iterdir()) == []
 
 
 async def test_gc_keeps_what_is_referenced_and_removes_the_rest(registry: Service, tmp_path: Path) -> None:
