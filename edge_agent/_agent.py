@@ -31,7 +31,7 @@ from edge_agent._intake import Accepted, Cleared, Deleted, Intake, Refused, Unch
 from edge_agent._methods import DirectMethods
 from edge_agent._module_runtime import ModuleRuntime
 from edge_agent._plan_runner import Applied, Failed, Outcome, PlanRunner, Removed
-from edge_agent._planner import ActualModule, DesiredModule, desired_modules, plan
+from edge_agent._planner import ActualModule, DesiredModule, Unsupported, desired_modules, plan
 from edge_agent._runtime import ProcessRuntime
 from edge_agent._sealed_keys import KeysChanged, KeysCleared, KeysRefused, SealedKeys
 from edge_agent._state import Failure, PersistedState, StateFile
@@ -388,6 +388,13 @@ class Agent:
             for module_name in docs[(ref.name, ref.version)][0].content.modules
         }
         desired, unsupported = desired_modules(selection.manifest, owners, self.keys.versions())
+        # The intake refuses documents whose modules set a denied env name; a layer can still set
+        # one through a deep dot path, so the merged result is checked too.
+        for name, module in list(desired.items()):
+            reason = self.intake.denied_env_reason(name, module.env)
+            if reason is not None:
+                unsupported.append(Unsupported(name, reason))
+                del desired[name]
         # A module that must check keys never serves before its keys arrived (nor is it stopped
         # meanwhile if an older version runs): it waits, reported as pending.
         waiting = {n for n, d in desired.items() if d.auth_required and d.keys_version is None}

@@ -188,13 +188,20 @@ class Intake:
 
     def _denied_env(self, doc: DeploymentDocument) -> str | None:
         for module_name, module in doc.content.modules.items():
-            for variable in module.env or {}:
-                pattern = next((p for p in self.denied_env if fnmatch.fnmatchcase(variable, p)), None)
-                if pattern is not None:
-                    return (
-                        f"module {module_name!r} sets {variable}, which this device's policy denies "
-                        f"(pattern {pattern!r})"
-                    )
+            reason = self.denied_env_reason(module_name, module.env or {})
+            if reason is not None:
+                return reason
+        return None
+
+    def denied_env_reason(self, module_name: str, env: Mapping[str, Any]) -> str | None:
+        """Why this device's policy refuses a module's environment (None when it does not)."""
+        for variable in env:
+            pattern = next((p for p in self.denied_env if fnmatch.fnmatchcase(variable, p)), None)
+            if pattern is not None:
+                return (
+                    f"module {module_name!r} sets {variable}, which this device's policy denies "
+                    f"(pattern {pattern!r})"
+                )
         return None
 
 

@@ -132,7 +132,7 @@ def desired_modules(
             status="stopped" if module.status == "stopped" else "running",
             restart_policy=module.restart_policy or DEFAULT_RESTART_POLICY,
             startup_order=module.startup_order if module.startup_order is not None else STARTUP_ORDER_MAX,
-            env={k: str(v.value) for k, v in (module.env or {}).items()},
+            env=module.environment(),  # a null value leaves the variable unset, not "None"
             execution_providers=tuple(s.execution_providers) if s.execution_providers else None,
             health_probe=s.health_probe.model_dump() if s.health_probe else None,
             keys_version=(keys_versions or {}).get(deployment) if deployment else None,

@@ -4,8 +4,8 @@ A model artifact is an OCI image manifest whose config blob is the `ModelConfig`
 layers are the model's files, one each. A module artifact's config blob is the `ModuleSpec`;
 its layers are the model files again (taken over from the models' own repositories, so a new
 entry script moves no model bytes) and at most one code layer: a gzipped tar of the entry
-script's folder. On disk a module becomes `models/<model>/<path>` (what `AZUREML_MODEL_DIR`
-points at) and `code/`.
+script's folder. On disk a module becomes `models/<model>/<version>/<path>` (Azure ML v1's
+layout; `model_dir_for` says where `AZUREML_MODEL_DIR` points) and `code/`.
 
 Both ends use this module, so the builder and the readers (`modules.unpack` on a workstation,
 the agent's artifact store on a device) cannot drift apart on a media type, a file title or
@@ -79,18 +79,55 @@ class ModuleManifest(BaseModel):
         return list(seen.values())
 
     def model_targets(self, root: Path) -> list[tuple[Descriptor, Path]]:
-        """Where each model layer lands under a module folder: `models/<title>`.
+        """Where each model layer lands under a module folder: `models/<name>/<version>/<path>`.
 
-        Raises `InvalidPackageError` for a title that could escape the folder, so a caller can
-        refuse the artifact before downloading a byte of it.
+        That is Azure ML v1's `azureml-models` layout, so `AZUREML_MODEL_DIR` can point where
+        Azure's would (`model_dir_for`). A layer without its model reference (written before
+        modules recorded one) keeps the old `models/<title>`. Raises `InvalidPackageError` for a
+        title or reference that could escape the folder, so a caller can refuse the artifact
+        before downloading a byte of it.
         """
         targets = []
         for layer in self.model_layers:
             try:
-                targets.append((layer, root / MODELS_DIR / safe_relative_path(layer.title)))
+                targets.append((layer, root / MODELS_DIR / _model_file_path(layer)))
             except ValueError as exc:
                 raise InvalidPackageError(f"model layer {layer.digest}: {exc}") from exc
         return targets
+
+
+def _model_file_path(layer: Descriptor) -> str:
+    """`<name>/<version>/<path>` from a module's model layer (title `<name>/<path>`, ref `name:version`)."""
+    title = safe_relative_path(layer.title)
+    reference = layer.annotations.get(mt.MODEL_REF)
+    if reference is None:
+        return title
+    name, _, version = reference.rpartition(":")
+    prefix = name + "/"
+    if not name or not version.isdigit() or not title.startswith(prefix):
+        raise ValueError(f"model reference {reference!r} does not match the file {title!r}")
+    return safe_relative_path(f"{name}/{version}/{title[len(prefix) :]}")
+
+
+def model_dir_for(models_root: Path, models: Iterable[ModelRef]) -> Path:
+    """The folder `AZUREML_MODEL_DIR` names for a module's models, as Azure ML v1 sets it.
+
+    One model: its version folder, with the registered files directly inside, so the common
+    `os.path.join(os.getenv("AZUREML_MODEL_DIR"), "model.onnx")` finds it. Several (or none):
+    the root, where files are at `<name>/<version>/<path>`.
+    """
+    refs = list(models)
+    if len(refs) == 1:
+        return models_root / refs[0].name / str(refs[0].version)
+    return models_root
+
+
+def served_model_name(spec: ModuleSpec) -> str:
+    """The name a module answers to on the v2 routes: a zero-code module serving one model is
+    that model (clients address the registered name); anything else is the module."""
+    if spec.entry_script is None and len(spec.models) == 1:
+        return spec.models[0].name
+    return spec.name
 
 
 def parse_module_manifest(body: bytes | str, where: str) -> ModuleManifest:
@@ -222,8 +259,8 @@ def model_manifest(config: ModelConfig, config_blob: bytes) -> bytes:
 
 
 def module_model_layers(ref: ModelRef) -> list[dict[str, Any]]:
-    """A module artifact's layers for one model: titled `<model>/<path>`, so they land in
-    `models/<model>/<path>`, and annotated with the model version they came from."""
+    """A module artifact's layers for one model: titled `<model>/<path>` and annotated with the
+    model version they came from; they land in `models/<model>/<version>/<path>`."""
     return [
         _descriptor(
             mt.MODEL_FILE,

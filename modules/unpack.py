@@ -1,7 +1,8 @@
 """A module artifact laid out on disk the way the scoring host expects it.
 
-`<dest>/models/<model>/<path>` for model files (what `AZUREML_MODEL_DIR` points at) and
-`<dest>/code/` for the code layer. Every blob is digest-verified on the way; what the layers
+`<dest>/models/<model>/<version>/<path>` for model files (Azure ML v1's layout:
+`azureml_model_dir` is what `AZUREML_MODEL_DIR` points at) and `<dest>/code/` for the code
+layer. Every blob is digest-verified on the way; what the layers
 mean and how the code archive is safely unpacked is `modules.artifact`'s, shared with the
 agent's artifact store.
 """
@@ -17,6 +18,7 @@ from modules.artifact import (
     CODE_LAYER_TITLE,
     MODELS_DIR,
     extract_code,
+    model_dir_for,
     parse_module_manifest,
     parse_module_spec,
 )
@@ -32,7 +34,13 @@ class UnpackedModule:
 
     @property
     def model_dir(self) -> Path:
+        """The root of every model's files: `<name>/<version>/<path>` inside."""
         return self.root / MODELS_DIR
+
+    @property
+    def azureml_model_dir(self) -> Path:
+        """Where `AZUREML_MODEL_DIR` points: the one model's version folder, else the root."""
+        return model_dir_for(self.model_dir, self.spec.models)
 
     @property
     def code_dir(self) -> Path:

@@ -25,9 +25,14 @@ from modules.deployment import (
     DEFAULT_MIN_HEALTHY_SECONDS,
     DEFAULT_RESTART_POLICY,
     DeploymentDocument,
+    DeploymentFile,
+    ManifestError,
     RestartPolicy,
     Tombstone,
+    from_iotedge,
+    parse_manifest_file,
     sign_document,
+    to_iotedge,
 )
 from modules.signing import load_signing_key
 from modules.spec import MODULE_REPOSITORY_PREFIX
@@ -343,7 +348,7 @@ async def update(
 def _settings_of(doc: DeploymentDocument) -> DeploymentSettings:
     """The settings a document was made with, so an update changes only what it is told to."""
     first = next(iter(doc.content.modules.values()), None)
-    env = {k: str(v.value) for k, v in (first.env or {}).items()} if first else {}
+    env = first.environment() if first else {}
     extra = (first.settings.model_extra or {}) if first else {}
     rollout = doc.rollout
     return DeploymentSettings(
@@ -410,3 +415,65 @@ def documents(hub: FleetConnection) -> list[DeploymentDocument]:
 def unverified(hub: FleetConnection) -> list[dict[str, Any]]:
     """Every retained document that does not verify: topic, name, device, reason (for `status`)."""
     return unverified_documents(hub)
+
+
+async def import_manifest(
+    hub: FleetConnection,
+    workspace: Workspace,
+    name: str,
+    data: Any,
+    *,
+    layered: bool = False,
+    target: str | None = None,
+    priority: int | None = None,
+    device: str | None = None,
+    replace_unverified: bool = False,
+) -> DeploymentDocument:
+    """Sign and publish an IoT Edge manifest (bare, or as `az iot edge deployment` files wrap it)
+    as the deployment `name`: the first version, or the next one above what the broker holds.
+
+    The manifest is published as written (a module exported by `export_iotedge` becomes the
+    modelfleet module it was). Target condition and priority come from the options, else from
+    the file (`az iot edge deployment show` output has both), else from the deployment being
+    replaced, else `*` and 0. A layered manifest (dot-path keys) needs `layered`, as it does for
+    `az iot edge deployment create --layered`.
+    """
+    check_name(name, "deployment")
+    try:
+        parsed = parse_manifest_file(data)
+    except ManifestError as exc:
+        raise ConfigError(f"not an IoT Edge manifest: {exc}") from None
+    wrapper = parsed if isinstance(parsed, DeploymentFile) else None
+    manifest = from_iotedge(parsed.manifest if wrapper else parsed)  # type: ignore[union-attr]
+    if not layered and (problem := manifest.base_problem()) is not None:
+        raise ConfigError(f"{problem} (pass --layered for a layered deployment)")
+    slot = deployment_slot(hub, name, device)
+    if not replace_unverified:
+        slot.refuse_unverified(hint=_UNVERIFIED_HINT)
+    old = slot.document if isinstance(slot.document, DeploymentDocument) else None
+    data_out: dict[str, Any] = {
+        "fleet": workspace.fleet,
+        "name": name,
+        "version": slot.floor(workspace) + 1,
+        "targetCondition": _first(
+            target, wrapper and wrapper.target_condition, old and old.target_condition, "*"
+        ),
+        "priority": _first(priority, wrapper and wrapper.priority, old and old.priority, 0),
+        "layered": layered,
+        "content": manifest.to_json_dict(),
+        "createdAt": now().isoformat().replace("+00:00", "Z"),
+    }
+    if device is not None:
+        data_out["device"] = device
+    return await publish(hub, workspace, data_out, replace_unverified=replace_unverified)
+
+
+def _first(*values: Any) -> Any:
+    return next(value for value in values if value is not None and value is not False)
+
+
+def export_iotedge(doc: DeploymentDocument, workspace: Workspace) -> dict[str, Any]:
+    """The deployment's manifest as IoT Hub's edge deployment content (`modules/deployment/_iotedge.py`
+    says how modelfleet modules are written); images name this workspace's registry."""
+    registry = re.sub(r"^[a-z]+://", "", workspace.registry_url).rstrip("/")
+    return to_iotedge(doc.content, layered=doc.layered, registry=registry)

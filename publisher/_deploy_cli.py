@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,79 @@ def run_deploy(ws: Workspace, args: argparse.Namespace) -> int:
     return asyncio.run(_deploy_async(ws, args))
 
 
+def _read_manifest(path: str) -> tuple[Any, str]:
+    """The JSON in `path` (or stdin for `-`) and the name it suggests (its file name)."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not JSON: {exc}") from None
+    stem = "" if path == "-" else Path(path).name.split(".")[0]
+    return data, stem
+
+
+def _suggested_name(data: Any, stem: str) -> str:
+    """A deployment name from the file: IoT Hub's `id` if it has one, else the file name, made into
+    a modelfleet name (lower case, `[a-z0-9]` separated by `.`, `_`, `-`)."""
+    raw = data.get("id") if isinstance(data, dict) and isinstance(data.get("id"), str) else stem
+    name = re.sub(r"[^a-z0-9._-]+", "-", raw.lower()).strip("._-")
+    if not name:
+        raise ConfigError("no deployment name: give one with -n NAME")
+    return re.sub(r"[._-]{2,}", "-", name)
+
+
+async def _import(hub: FleetConnection, ws: Workspace, args: argparse.Namespace) -> int:
+    data, stem = _read_manifest(args.file)
+    name = args.name or _suggested_name(data, stem)
+    doc = await _deploy.import_manifest(
+        hub,
+        ws,
+        name,
+        data,
+        layered=args.layered,
+        target=args.target,
+        priority=args.priority,
+        device=args.device,
+        replace_unverified=args.replace_unverified,
+    )
+    if args.json:
+        print_json(_doc_json(doc))
+        return 0
+    kind = "layered deployment" if doc.layered else "deployment"
+    print(f"published {kind} {doc.name} version {doc.version} (target {doc.target_condition!r})")
+    for module_name, module in doc.content.modules.items():
+        if module.type != "modelfleet":
+            print(
+                f"modelfleet: note: module {module_name!r} is a {module.type} module: devices report it "
+                "unsupported until they run the docker runtime",
+                file=sys.stderr,
+            )
+    return 0
+
+
+async def _export(hub: FleetConnection, ws: Workspace, args: argparse.Namespace) -> int:
+    doc = _deploy.current(hub, args.name, args.device)
+    if doc is None:
+        raise NotFoundError(f"deployment {args.name!r} does not exist")
+    out = _deploy.export_iotedge(doc, ws) if args.format == "iotedge" else doc.to_json_dict()
+    text = json.dumps(out, indent=2, ensure_ascii=False) + "\n"
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {args.name} version {doc.version} as {args.format} to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 async def _deploy_async(ws: Workspace, args: argparse.Namespace) -> int:
     async with FleetConnection(ws) as hub:
+        if args.action == "import":
+            return await _import(hub, ws, args)
+        if args.action == "export":
+            return await _export(hub, ws, args)
         if args.action in ("create", "update"):
             if args.action == "create":
                 given = {k: v for k, v in _changes(args).items() if v is not None}

@@ -24,6 +24,24 @@ from publisher._rollout import STEP_TIMEOUT_S
 # -- parser -----------------------------------------------------------------------------------
 
 
+def _name_arguments(parser: argparse.ArgumentParser) -> None:
+    """The deployment's name, as `az ml service` users type it (`-n NAME`) or positionally; both
+    forms on every verb, so no verb fails on the habit of another (`_deployment_name` checks)."""
+    parser.add_argument("name_arg", nargs="?", metavar="NAME", help="deployment name (or -n NAME)")
+    parser.add_argument("-n", "--name", help="deployment name")
+
+
+def _deployment_name(args: argparse.Namespace) -> None:
+    given = [n for n in (getattr(args, "name_arg", None), getattr(args, "name", None)) if n is not None]
+    if not hasattr(args, "name_arg"):
+        return
+    if len(given) == 2 and given[0] != given[1]:
+        raise ConfigError(f"two deployment names given ({given[0]!r} and -n {given[1]!r}): give one")
+    if not given:
+        raise ConfigError(f"deploy {args.action}: a deployment name is needed (NAME or -n NAME)")
+    args.name = given[0]
+
+
 def _connection_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("workspace")
@@ -140,7 +158,7 @@ def _deploy_parsers(
     deploy = top.add_parser("deploy", help="deployments")
     sub = deploy.add_subparsers(dest="action", required=True)
     create = sub.add_parser("create", parents=[common, settings, as_json], help="publish a new deployment")
-    create.add_argument("-n", "--name", required=True)
+    _name_arguments(create)
     create.add_argument("--module", action="append", required=True, metavar="MODULE[:VERSION]")
     create.add_argument(
         "--version", type=int, help="first version (default: 1, or one above the deleted one of this name)"
@@ -151,25 +169,52 @@ def _deploy_parsers(
         help="publish over a retained document that does not verify (nothing of it is kept)",
     )
     update = sub.add_parser("update", parents=[common, settings, as_json], help="publish a new version")
-    update.add_argument("-n", "--name", required=True)
+    _name_arguments(update)
     update.add_argument("--module", action="append", metavar="MODULE[:VERSION]")
     sub.add_parser("list", parents=[common, as_json], help="list deployments")
     show = sub.add_parser("show", parents=[common, as_json], help="show one deployment document")
-    show.add_argument("name")
+    _name_arguments(show)
     show.add_argument("--device", metavar="ID", help="the device's override")
     keys = sub.add_parser(
         "keys", parents=[common, as_json], help="show or regenerate a deployment's scoring keys"
     )
-    keys.add_argument("name")
+    _name_arguments(keys)
     keys.add_argument("--regen", choices=["primary", "secondary"], help="replace this key on every device")
     delete = sub.add_parser("delete", parents=[common], help="remove a deployment from every device")
-    delete.add_argument("name")
+    _name_arguments(delete)
     delete.add_argument("--device", metavar="ID", help="the device's override")
     delete.add_argument(
         "--replace-unverified",
         action="store_true",
         help="delete even where the retained document does not verify",
     )
+
+    imp = sub.add_parser(
+        "import",
+        parents=[common, as_json],
+        help="sign and publish an IoT Edge deployment manifest (bare, or as az iot edge writes it)",
+    )
+    imp.add_argument("file", help="the manifest (JSON); - reads standard input")
+    imp.add_argument("-n", "--name", help="deployment name (default: the file's id, else its file name)")
+    imp.add_argument("--layered", action="store_true", help="a layered deployment (dot-path keys)")
+    imp.add_argument("--target", metavar="COND", help="target condition (default: the file's, else '*')")
+    imp.add_argument("--priority", type=int, help="priority (default: the file's, else 0)")
+    imp.add_argument("--device", metavar="ID", help="a per-device override for this device only")
+    imp.add_argument(
+        "--replace-unverified",
+        action="store_true",
+        help="publish over a retained document that does not verify (nothing of it is kept)",
+    )
+    export = sub.add_parser("export", parents=[common], help="write a deployment as another tool's manifest")
+    _name_arguments(export)
+    export.add_argument(
+        "--format",
+        choices=["iotedge", "modelfleet"],
+        default="iotedge",
+        help="iotedge: content IoT Hub accepts (modelfleet modules as documented); modelfleet: the document",
+    )
+    export.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
+    export.add_argument("--device", metavar="ID", help="the device's override")
 
     status = top.add_parser("status", parents=[common, as_json], help="fleet status")
     status.add_argument("--deployment", metavar="NAME")
@@ -419,6 +464,7 @@ def _cmd_module(args: argparse.Namespace) -> int:
 def _cmd_deploy(args: argparse.Namespace) -> int:
     from publisher._deploy_cli import run_deploy
 
+    _deployment_name(args)
     return run_deploy(_workspace(args), args)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import get_args
 
 from modules import ModelfleetError
+from modules.artifact import served_model_name
 from modules.scoring import BatchingSettings, ProviderName
 from modules.scoring import cli as scoring_cli
 from modules.spec import MODULE_REPOSITORY_PREFIX
@@ -76,9 +77,9 @@ def main(argv: list[str]) -> int:
                 "they are not installed here, the current environment is used",
                 file=sys.stderr,
             )
-        args.model_dir = module.model_dir
+        args.model_dir = module.azureml_model_dir
         args.entry_script = module.entry_script
-        args.model_name = args.model_name or spec.name
+        args.model_name = args.model_name or served_model_name(spec)
         if args.provider == _DEFAULT_PROVIDERS:
             known = set(get_args(ProviderName))
             args.provider = ",".join([p for p in spec.execution_providers if p in known] or ["cpu"])
@@ -91,7 +92,9 @@ def main(argv: list[str]) -> int:
             settings = settings.model_copy(
                 update={"batching": BatchingSettings(**spec.scoring.batching.model_dump())}
             )
-        settings = settings.model_copy(update={"model_version": str(spec.version)})
+        settings = settings.model_copy(
+            update={"model_version": str(spec.version), "models_root": module.model_dir}
+        )
     except ModelfleetError as exc:
         print(f"modelfleet: error: {exc}", file=sys.stderr)
         return exc.exit_code

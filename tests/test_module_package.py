@@ -188,7 +188,7 @@ async def test_pulled_module_lays_out_models_and_code_as_the_scoring_host_expect
         again = await pull_module(client, module.repository, "1", tmp_path / "m")
         assert client.stats.bytes_downloaded < 2 * (IRIS_DIR / "model.onnx").stat().st_size + 10_000
     assert unpacked.digest == again.digest == module.digest
-    assert (unpacked.model_dir / model.name / "model.onnx").read_bytes() == (
+    assert (unpacked.model_dir / model.name / str(model.version) / "model.onnx").read_bytes() == (
         IRIS_DIR / "model.onnx"
     ).read_bytes()
     assert unpacked.entry_script == tmp_path / "m" / "code" / "score.py"

@@ -73,3 +73,39 @@ def test_serve_unknown_module_is_a_one_line_error(distribution: Service, tmp_pat
     )  # fmt: skip
     assert proc.returncode == 1
     assert proc.stderr.strip() == "modelfleet: error: module 'never-packaged' is not registered"
+
+
+def test_serve_module_gives_azure_style_scripts_the_model_where_azure_ml_v1_puts_it(
+    distribution: Service, tmp_path: Path
+) -> None:
+    """`os.path.join(AZUREML_MODEL_DIR, "model.onnx")` and a zero-code model named as registered."""
+    ws = Workspace.create(tmp_path / "ws", registry=distribution.url)
+    name = f"iris-{os.urandom(3).hex()}"
+    Model.register(ws, EXAMPLES / "models" / "iris" / "model.onnx", name)
+    script = ROOT / "tests" / "scoring" / "scripts" / "azure_model_dir.py"
+    scripted = Module.package(ws, name + "-svc", [name], entry_script=script)
+    bare = Module.package(ws, name + "-bare", [name])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELFLEET_")}
+    env |= {"MODELFLEET_REGISTRY": distribution.url, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    for module in (scripted, bare):
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "modules.cli", "serve", "--module", module.name, "--port", str(port),
+             "--processes", "1"],
+            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            base = f"http://127.0.0.1:{port}"
+            _wait_ready(f"{base}/v2/health/ready", proc)
+            rows = {"data": [[5.1, 3.5, 1.4, 0.2]]}
+            if module is scripted:
+                resp = requests.post(f"{base}/score", json=rows, timeout=30)
+                assert resp.status_code == 200, resp.text
+                assert resp.json() == [0]
+            else:
+                tensor = {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": rows["data"][0]}
+                resp = requests.post(f"{base}/v2/models/{name}/infer", json={"inputs": [tensor]}, timeout=30)
+                assert resp.status_code == 200, resp.text
+        finally:
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=20) == 0

@@ -106,7 +106,7 @@ def test_the_manifest_the_publisher_writes_is_what_readers_parse(tmp_path: Path)
     assert manifest.config.digest == sha256_bytes(config)
     assert parse_module_spec(config, "modules/svc:2") == spec
     ((layer, target),) = manifest.model_targets(tmp_path)
-    assert target == tmp_path / "models" / "iris" / "model.onnx"
+    assert target == tmp_path / "models" / "iris" / "1" / "model.onnx"  # Azure ML v1: name/version/file
     assert layer.annotations[mt.MODEL_REF] == "iris:1"
     (code,) = manifest.code_layers
     assert (code.title, code.digest, code.size) == (CODE_LAYER_TITLE, sha256_bytes(archive), len(archive))

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from modules.artifact import model_dir_for, served_model_name
 from modules.scoring import ScoringSettings
 from modules.spec import ModuleSpec
 
@@ -44,12 +45,29 @@ class InstanceConfig(BaseModel):
             return self.entry_script
         return self.code_dir / self.entry_script
 
+    def azureml_model_dir(self) -> Path:
+        """Azure ML v1's AZUREML_MODEL_DIR for this module's models root.
+
+        A folder not laid out as `<name>/<version>/` (a hand-made flat folder, or one written
+        before modules used that layout, `<name>/<files>`) is served as it is.
+        """
+        wanted = model_dir_for(self.model_dir, self.spec.models)
+        if wanted.is_dir() or wanted == self.model_dir:
+            return wanted
+        if len(self.spec.models) == 1 and (self.model_dir / self.spec.models[0].name).is_dir():
+            return self.model_dir / self.spec.models[0].name
+        return self.model_dir
+
     def scoring_settings(self) -> ScoringSettings:
         """The host's settings: providers filtered to what it knows, CPU always the last resort."""
         wanted = self.execution_providers or list(self.spec.execution_providers)
         providers = [p for p in wanted if p in _HOST_PROVIDERS] or ["cpu"]
         data: dict[str, Any] = {
-            "model_dir": self.model_dir,
+            # model_dir is the store's models root; the host gets Azure ML v1's AZUREML_MODEL_DIR
+            # (the one model's version folder, else the root) and the root for get_model_path.
+            "model_dir": self.azureml_model_dir(),
+            "models_root": self.model_dir,
+            "model_name": served_model_name(self.spec),
             "entry_script": self.resolved_entry_script(),
             "model_version": str(self.spec.version),
             "execution_providers": providers,

@@ -102,6 +102,13 @@ class DeploymentDocument(_Strict):
             raise ValueError(str(exc)) from None
         return text
 
+    @model_validator(mode="after")
+    def _base_is_whole(self) -> DeploymentDocument:
+        # A base is what layers merge over: it must say everything, not set parts of a twin.
+        if not self.layered and (problem := self.content.base_problem()) is not None:
+            raise ValueError(f"a base deployment (layered: false): {problem}")
+        return self
+
     @property
     def condition(self) -> Condition:
         return parse_condition(self.target_condition)

@@ -11,23 +11,27 @@ other agent with the same facts, so selection is pure and fully ordered:
    per-device override (`device` set) above any fleet-wide document, then higher priority, then
    higher version, then the alphabetically first name.
 3. Eligible layered documents are applied on top of the base, weakest first, so the strongest
-   layer wins any conflict. Layers replace whole modules, system modules, routes and module twins
-   by name; the base's runtime and schema versions stand. Without a base nothing is applied.
+   layer wins any conflict. A layer sets parts of the desired properties by path, as IoT Hub
+   merges layered deployments (`modules/deployment/_layered.py`): whole modules, routes, module
+   twins or parts of a module twin; the base's runtime and schema versions stand. Without a base
+   nothing is applied. A layer whose parts do not make a valid manifest over the base is left out
+   and listed in `refused`, so one bad layer never takes the others (or the base) down with it.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from modules.deployment._envelope import DeploymentDocument
-from modules.deployment._manifest import Manifest
+from pydantic import ValidationError
 
-_AGENT, _HUB, _DESIRED = "$edgeAgent", "$edgeHub", "properties.desired"
+from modules.deployment._envelope import DeploymentDocument
+from modules.deployment._layered import apply_layer
+from modules.deployment._manifest import Manifest, describe
+
 _BUCKETS = 10_000
 
 
@@ -56,11 +60,13 @@ class DeploymentRef:
 
 @dataclass(frozen=True)
 class Selection:
-    """The effective desired state; `applied` lists the base first, then layers in applied order."""
+    """The effective desired state; `applied` lists the base first, then layers in applied order;
+    `refused` the layers left out, each with why."""
 
     manifest: Manifest | None
     applied: tuple[DeploymentRef, ...] = ()
     deferred: tuple[DeploymentRef, ...] = ()
+    refused: tuple[tuple[DeploymentRef, str], ...] = ()
 
 
 def rollout_bucket(deployment: str, device_id: str) -> int:
@@ -117,21 +123,6 @@ def _strength_order(documents: Iterable[DeploymentDocument]) -> list[DeploymentD
     return sorted(by_name, key=lambda doc: (doc.device is not None, doc.priority, doc.version))
 
 
-def _layer(base: dict[str, Any], layer: dict[str, Any]) -> None:
-    content, extra = base["modulesContent"], layer["modulesContent"]
-    agent, extra_agent = content[_AGENT][_DESIRED], extra[_AGENT][_DESIRED]
-    for section in ("systemModules", "modules"):
-        if extra_agent.get(section):
-            agent.setdefault(section, {}).update(copy.deepcopy(extra_agent[section]))
-    extra_hub = extra.get(_HUB, {}).get(_DESIRED, {})
-    if extra_hub.get("routes"):
-        hub_twin = content.setdefault(_HUB, {_DESIRED: {"schemaVersion": extra_hub["schemaVersion"]}})
-        hub_twin[_DESIRED].setdefault("routes", {}).update(copy.deepcopy(extra_hub["routes"]))
-    for key, twin in extra.items():
-        if key not in (_AGENT, _HUB):
-            content[key] = copy.deepcopy(twin)
-
-
 def select_deployments(device: DeviceFacts, documents: Iterable[DeploymentDocument]) -> Selection:
     """The desired state for `device` from already verified documents; deterministic for any input order."""
     eligible, deferred = _eligible(documents, device)
@@ -140,9 +131,16 @@ def select_deployments(device: DeviceFacts, documents: Iterable[DeploymentDocume
     if not bases:
         return Selection(None, (), tuple(deferred))
     base = bases[-1]
-    layers = [doc for doc in ordered if doc.layered]
     merged = base.content.to_json_dict()
-    for doc in layers:
-        _layer(merged, doc.content.to_json_dict())
-    applied = (_ref(base), *(_ref(doc) for doc in layers))
-    return Selection(Manifest.model_validate(merged), applied, tuple(deferred))
+    applied = [_ref(base)]
+    refused: list[tuple[DeploymentRef, str]] = []
+    for doc in (doc for doc in ordered if doc.layered):
+        candidate = apply_layer(merged, doc.content)
+        try:
+            Manifest.model_validate(candidate)
+        except ValidationError as exc:
+            refused.append((_ref(doc), f"does not merge over {base.name!r}: {describe(exc)}"))
+            continue
+        merged = candidate
+        applied.append(_ref(doc))
+    return Selection(Manifest.model_validate(merged), tuple(applied), tuple(deferred), tuple(refused))

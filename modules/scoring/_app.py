@@ -10,34 +10,101 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
-from ._errors import ModelNotFoundError, PayloadTooLargeError, ScoringError
+from ._cors import Cors
+from ._errors import (
+    ModelNotFoundError,
+    PayloadTooLargeError,
+    RequestHeaderTooLargeError,
+    ScoringError,
+    ScriptFailedError,
+)
 from ._host import ScoringHost
 from ._openapi import build_document
-from ._raw_http import AMLRequest
+from ._raw_http import AMLRequest, stream_reply
 from ._settings import ScoringSettings
 from ._v2_protocol import HEADER_LENGTH, decode_request, encode_response, model_metadata
 
 log = logging.getLogger("modelfleet.scoring")
 
 HOST_KEY = web.AppKey("scoring_host", ScoringHost)
-# Probes must work without a key: the agent checks health, it does not score.
-_PUBLIC_ROUTES = frozenset({"/", "/ready", "/v2/health/live", "/v2/health/ready", "/swagger.json"})
+# Probes must work without a key: the agent checks health, it does not score; and Triton's and
+# KServe's clients ask model readiness before they infer. None of them reveals anything.
+_PUBLIC_ROUTES = frozenset(
+    {
+        "/",
+        "/ready",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/{name}/ready",
+        "/v2/models/{name}/versions/{version}/ready",
+        "/swagger.json",
+    }
+)
+# Azure ML's server refuses longer request ids with a 431.
+_REQUEST_ID_LIMIT = 100
 
 
-def _error(status: int, message: str, v2: bool) -> web.Response:
-    body = {"error": message} if v2 else {"message": message}
-    return web.json_response(body, status=status)
+def _error(status: int, message: str, v2: bool, request_id: str | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": message} if v2 else {"message": message}
+    if request_id is not None:
+        body["request_id"] = request_id
+    # Exactly application/json: KServe's REST client reads an error body only then.
+    return web.Response(
+        body=json.dumps(body).encode(), status=status, headers={"Content-Type": "application/json"}
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RequestIds:
+    """Azure ML's request ids: the server's own, the client's, and the legacy echo of both."""
+
+    request_id: str
+    legacy: str
+    client: str
+
+    def apply(self, headers: Any, trace_id: str | None) -> None:
+        headers["x-request-id"] = self.request_id
+        headers["x-ms-request-id"] = self.legacy
+        if self.client:
+            headers["x-ms-client-request-id"] = self.client
+        if trace_id is not None:
+            headers["TraceId"] = trace_id  # Office services trace with it; Azure ML echoes it
+
+
+def request_ids(headers: Any) -> RequestIds:
+    """The ids as Azure ML's server derives them; an id over 100 characters is a 431."""
+    request_id = headers.get("x-request-id") or str(uuid.uuid4())
+    if len(request_id) > _REQUEST_ID_LIMIT:
+        raise RequestHeaderTooLargeError(f"x-request-id must not exceed {_REQUEST_ID_LIMIT} characters")
+    legacy = headers.get("x-ms-request-id", "")
+    client = headers.get("x-ms-client-request-id", "")
+    if legacy:
+        client = client or legacy
+    else:
+        legacy = client or request_id
+    if len(legacy) > _REQUEST_ID_LIMIT or len(client) > _REQUEST_ID_LIMIT:
+        raise RequestHeaderTooLargeError(
+            f"x-ms-request-id and x-ms-client-request-id must not exceed {_REQUEST_ID_LIMIT} characters"
+        )
+    return RequestIds(request_id, legacy, client)
+
+
+_IDS_KEY = web.RequestKey("modelfleet_request_ids", RequestIds)
 
 
 def create_app(settings: ScoringSettings) -> web.Application:
     """Build the application; the model loads in the background once it starts."""
     host = ScoringHost(settings)
+    cors = Cors(settings.cors_origins)
     # aiohttp enforces the limit on chunked bodies; _read_body gives the clear 413 otherwise.
-    app = web.Application(client_max_size=settings.max_request_bytes, middlewares=[_middleware(host)])
+    app = web.Application(client_max_size=settings.max_request_bytes, middlewares=[_middleware(host, cors)])
     app[HOST_KEY] = host
 
     async def on_startup(_: web.Application) -> None:
@@ -48,36 +115,63 @@ def create_app(settings: ScoringSettings) -> web.Application:
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
-    _add_azureml_routes(app, host)
+    _add_azureml_routes(app, host, cors)
     _add_v2_routes(app, host)
     return app
 
 
-def _middleware(host: ScoringHost) -> Any:
+def _middleware(host: ScoringHost, cors: Cors) -> Any:
+    details = host.settings.error_details
+
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         started = time.perf_counter()
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         v2 = request.path.startswith("/v2")
+        ids: RequestIds | None = None
         try:
-            if route not in _PUBLIC_ROUTES and not host.auth.allows(request.headers.get("Authorization")):
-                response: web.StreamResponse = _error(401, "missing or invalid key", v2)
+            ids = request_ids(request.headers)
+            request[_IDS_KEY] = ids
+            if cors.enabled and cors.is_preflight(request) and (host.auth.enabled or route != "/score"):
+                # Browsers send preflights without credentials; with auth on, none reaches run().
+                response: web.StreamResponse = cors.preflight(request)
+            elif route not in _PUBLIC_ROUTES and not host.auth.allows(request.headers.get("Authorization")):
+                response = _error(401, "missing or invalid key", v2)
                 response.headers["WWW-Authenticate"] = "Bearer"
             else:
                 response = await handler(request)
+        except ScriptFailedError as exc:
+            request_id = ids.request_id if ids else None
+            log.error("request %s: %s", request_id, exc.message)
+            response = _error(500, exc.message if details else exc.public_message, v2, request_id)
+            response.headers["x-ms-run-function-failed"] = "True"
         except ScoringError as exc:
             response = _error(exc.status, exc.message, v2)
         except web.HTTPException as exc:
             message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
             response = _error(exc.status, message or exc.reason, v2)
         except Exception as exc:
-            log.exception("unexpected error answering %s %s", request.method, request.path)
-            response = _error(500, f"internal error: {type(exc).__name__}: {exc}", v2)
+            request_id = ids.request_id if ids else None
+            log.exception(
+                "request %s: unexpected error answering %s %s", request_id, request.method, request.path
+            )
+            message = f"internal error: {type(exc).__name__}: {exc}" if details else "internal error"
+            response = _error(500, message, v2, request_id)
+        if not response.prepared:
+            decorate(response, request, cors)
         host.metrics.observe_request(request.method, route, response.status, time.perf_counter() - started)
         return response
 
     return middleware
+
+
+def decorate(response: web.StreamResponse, request: web.Request, cors: Cors) -> None:
+    """Request ids and CORS headers; a streamed response gets them before its first byte."""
+    ids = request.get(_IDS_KEY)
+    if ids is not None:
+        ids.apply(response.headers, request.headers.get("TraceId"))
+    cors.apply(request, response)
 
 
 async def _read_body(request: web.Request, host: ScoringHost) -> bytes:
@@ -91,7 +185,7 @@ async def _read_body(request: web.Request, host: ScoringHost) -> bytes:
         raise PayloadTooLargeError(f"request body is over the {limit} byte limit") from None
 
 
-def _add_azureml_routes(app: web.Application, host: ScoringHost) -> None:
+def _add_azureml_routes(app: web.Application, host: ScoringHost, cors: Cors) -> None:
     async def liveness(_: web.Request) -> web.Response:
         status = {"loading": "Initializing", "ready": "Healthy", "failed": "Unhealthy"}[host.state]
         details: dict[str, Any] = {
@@ -111,12 +205,26 @@ def _add_azureml_routes(app: web.Application, host: ScoringHost) -> None:
             body["error"] = host.error
         return web.json_response(body, status=503)
 
-    async def score(request: web.Request) -> web.Response:
+    async def score(request: web.Request) -> web.StreamResponse:
         body = await _read_body(request, host)
         await host.wait_ready()
+        if request.method == "OPTIONS" and not host.handler.raw_requests:
+            return web.Response(status=200)  # as Azure ML: only a raw-mode run() sees OPTIONS
         incoming = AMLRequest(request.method, request.path, request.query_string, request.headers, body)
+        started = time.perf_counter()
         reply = await host.within_timeout(host.handler.score(incoming))
-        return web.Response(body=reply.body, status=reply.status_code, headers=reply.headers)
+        exec_ms = reply.exec_ms if reply.exec_ms is not None else (time.perf_counter() - started) * 1000
+        failed = reply.run_function_failed or reply.status_code >= 500
+        headers = reply.header_items()
+        headers.append(("x-ms-run-function-failed", "True" if failed else "False"))
+        # Three decimals, never an exponent, as Azure ML writes it.
+        headers.append(("x-ms-run-fn-exec-ms", f"{exec_ms:.3f}"))
+        if reply.stream is None:
+            return web.Response(body=reply.body, status=reply.status_code, headers=CIMultiDict(headers))
+        response = web.StreamResponse(status=reply.status_code, headers=CIMultiDict(headers))
+        decorate(response, request, cors)
+        await stream_reply(request, response, reply.stream, host.executor)
+        return response
 
     async def swagger(request: web.Request) -> web.Response:
         version = request.query.get("version", "2")
@@ -146,6 +254,7 @@ def _add_azureml_routes(app: web.Application, host: ScoringHost) -> None:
     app.router.add_get("/ready", readiness)
     app.router.add_post("/score", score)
     app.router.add_get("/score", score)
+    app.router.add_route("OPTIONS", "/score", score)
     app.router.add_get("/swagger.json", swagger)
     app.router.add_get("/metrics", metrics)
 

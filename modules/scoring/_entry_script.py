@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -25,7 +26,8 @@ import numpy as np
 from .._errors import ConfigError
 from . import _json as fast_json
 from . import _script_json
-from ._errors import BadRequestError, RunFailedError, ScoringError
+from ._azureml_model import MODELS_ROOT_ENV
+from ._errors import BadRequestError, RunFailedError, ScoringError, ScriptFailedError
 from ._handler import Handler, json_reply
 from ._raw_http import AMLRequest, AMLResponse, install_azureml_aliases, wants_raw_request
 from ._schema import RunSchema, schema_of
@@ -60,6 +62,8 @@ class EntryScriptHandler(Handler):
         model_dir = str(self.settings.model_dir.resolve())
         os.environ["AZUREML_MODEL_DIR"] = model_dir
         os.environ["MODELFLEET_MODEL_DIR"] = model_dir
+        models_root = self.settings.models_root or self.settings.model_dir
+        os.environ[MODELS_ROOT_ENV] = str(models_root.resolve())
         assert self.settings.entry_script is not None
         module = load_script(self.settings.entry_script)
         if _script_json.accelerate(module):
@@ -72,6 +76,7 @@ class EntryScriptHandler(Handler):
                 raise ConfigError(f"entry script {module.__file__} has no {name}() function")
         self._run: Callable[..., Any] = module.run
         self._raw = wants_raw_request(module.run)
+        self.raw_requests = self._raw
         self._schema: RunSchema | None = None if self._raw else schema_of(module.run)
         target = self._schema.target if self._schema else module.run
         parameters = [
@@ -109,12 +114,17 @@ class EntryScriptHandler(Handler):
             call = self._run
         if self._wants_headers:
             kwargs[_HEADERS_PARAM] = dict(request.headers)
+        started = time.perf_counter()
         result = self._call(call, kwargs)
+        exec_ms = (time.perf_counter() - started) * 1000
         if isinstance(result, AMLResponse):
-            return result
-        if hasattr(result, "status_code") and hasattr(result, "get_data"):
-            return _foreign_response(result)  # a Flask response from the real azureml package
-        return json_reply(result)
+            reply = result
+        elif hasattr(result, "status_code") and hasattr(result, "get_data"):
+            reply = _foreign_response(result)  # a Flask response from the real azureml package
+        else:
+            reply = json_reply(result)
+        reply.exec_ms = exec_ms
+        return reply
 
     def _call(self, call: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
         try:
@@ -123,11 +133,11 @@ class EntryScriptHandler(Handler):
             raise
         except Exception as exc:
             log.exception("run() raised")
-            raise RunFailedError(f"run() failed: {type(exc).__name__}: {exc}") from None
+            raise ScriptFailedError(f"run() failed: {type(exc).__name__}: {exc}") from None
 
     def _json_string(self, request: AMLRequest) -> str:
         if request.method == "GET":
-            return json.dumps({key: _maybe_json(value) for key, value in request.args.items()})
+            return json.dumps(_query_document(request))
         try:
             return request.data.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -135,7 +145,7 @@ class EntryScriptHandler(Handler):
 
     def _schema_arguments(self, request: AMLRequest) -> dict[str, Any]:
         if request.method == "GET":
-            body: Any = {key: _maybe_json(value) for key, value in request.args.items()}
+            body: Any = _query_document(request)
         else:
             body = parse_json_object(request.data)
         arguments: dict[str, Any] = {}
@@ -169,7 +179,10 @@ class EntryScriptHandler(Handler):
             kwargs = self._schema.convert(arguments)
             call = self._schema.target
         else:
-            body = json.dumps({name: array.tolist() for name, array in inputs.items()})
+            try:
+                body = json.dumps({name: array.tolist() for name, array in inputs.items()})
+            except TypeError:  # BYTES elements that are not UTF-8 text have no JSON form
+                raise BadRequestError("BYTES inputs must be UTF-8 text for a run() that takes JSON") from None
             kwargs = {self._parameters[0].name: body}
             call = self._run
         if self._wants_headers:
@@ -212,6 +225,17 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     return value
 
 
+def _query_document(request: AMLRequest) -> dict[str, Any]:
+    """The query as Azure ML hands it to run(): each value parsed as JSON where it is JSON, and
+    a key given more than once as the list of its values."""
+    args = request.args
+    document: dict[str, Any] = {}
+    for key in dict.fromkeys(args.keys()):
+        values = args.getall(key)
+        document[key] = _maybe_json(values[0]) if len(values) == 1 else [_maybe_json(v) for v in values]
+    return document
+
+
 def _maybe_json(text: str) -> Any:
     try:
         return json.loads(text)
@@ -220,7 +244,5 @@ def _maybe_json(text: str) -> Any:
 
 
 def _foreign_response(response: Any) -> AMLResponse:
-    reply = AMLResponse(None, int(response.status_code))
-    reply.headers = {key: value for key, value in response.headers.items()}
-    reply.body = response.get_data()
+    reply = AMLResponse(response.get_data(), int(response.status_code), list(response.headers.items()))
     return reply

@@ -36,9 +36,21 @@ class UnsupportedMediaTypeError(ScoringError):
 
 
 class RunFailedError(ScoringError):
-    """`run()` (or the model) raised; the message is the exception's, the traceback is logged."""
+    """The model or the host could not produce a result; the message says why."""
 
     status = 500
+
+
+class ScriptFailedError(RunFailedError):
+    """`run()` itself raised. Its text may hold anything the script had at hand (a connection
+    string, a customer's data), so clients get a generic message with the request id unless the
+    host runs with `error_details`; the text and the traceback go to the log."""
+
+    public_message = "An unexpected error occurred in scoring script. Check the logs for more info."
+
+
+class RequestHeaderTooLargeError(ScoringError):
+    status = 431
 
 
 class NotReadyError(ScoringError):

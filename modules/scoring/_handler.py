@@ -24,6 +24,8 @@ from ._tensors import TensorSpec
 
 class Handler(ABC):
     platform = "python"
+    # True when run() takes the request itself (raw mode): it then also sees OPTIONS.
+    raw_requests = False
 
     def __init__(self, settings: ScoringSettings, executor: Executor, metrics: ScoringMetrics) -> None:
         self.settings = settings

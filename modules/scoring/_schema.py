@@ -298,12 +298,39 @@ class InputParam:
             return value
         if isinstance(self.param_type, ParameterType):
             return self.param_type.deserialize(value, self.name)
-        try:
-            return self.param_type.deserialize_input(value)
-        except BadRequestError:
-            raise
-        except Exception as exc:  # the real package raises bare Exception/ValueError
-            raise BadRequestError(f"field {self.name!r}: {exc}") from None
+        return _convert_foreign(value, self.param_type, self.name)
+
+
+def _convert_foreign(value: Any, param_type: Any, where: str) -> Any:
+    """Convert a value for one of the real inference_schema package's types, as its decorator
+    does: a dict sample converts the keys whose sample is itself a parameter type (Power BI's
+    `Inputs` of a DataFrame, AutoML's nested Numpy/Pandas inputs), a list sample converts each
+    item with its first item's type, and anything else goes through `deserialize_input` unless
+    it already has the sample's type. The type's own `deserialize_input` alone never recurses."""
+    sample_type = getattr(param_type, "sample_data_type", None)
+    try:
+        if sample_type is dict:
+            if not isinstance(value, dict):
+                raise BadRequestError(f"field {where!r}: expected an object, got {_kind(value)}")
+            converted = dict(value)
+            for key, item_type in (getattr(param_type, "sample_data_type_map", None) or {}).items():
+                if key in converted:
+                    converted[key] = _convert_foreign(converted[key], item_type, f"{where}.{key}")
+            return converted
+        if sample_type in (list, tuple):
+            if not isinstance(value, list | tuple):
+                raise BadRequestError(f"field {where!r}: expected an array, got {_kind(value)}")
+            item_types = getattr(param_type, "sample_data_type_list", None) or []
+            if item_types:
+                return [_convert_foreign(item, item_types[0], where) for item in value]
+            return value
+        if sample_type is not None and isinstance(value, sample_type):
+            return value
+        return param_type.deserialize_input(value)
+    except BadRequestError:
+        raise
+    except Exception as exc:  # the real package raises bare Exception/ValueError
+        raise BadRequestError(f"field {where!r}: {exc}") from None
 
 
 @dataclass

@@ -35,7 +35,12 @@ class BatchingSettings(BaseModel):
 class ScoringSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # What AZUREML_MODEL_DIR points at: the model's files directly inside (one model), or the
+    # root of `<name>/<version>/<files>` (several).
     model_dir: Path
+    # The root of `<name>/<version>/<files>` that `Model.get_model_path` searches, as Azure ML
+    # v1's `azureml-models` folder; a packaged module's model_dir lies inside it. None: model_dir.
+    models_root: Path | None = None
     entry_script: Path | None = None
     # Name used by the v2 routes; derived from the model folder when not given.
     model_name: str | None = None
@@ -61,6 +66,12 @@ class ScoringSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8890, ge=0, le=65535)
     access_log: bool = False
+    # Development: a failing run() answers with its exception text instead of a generic message
+    # with the request id. Off by default: that text can hold secrets or other clients' data.
+    error_details: bool = False
+    # Origins allowed to call from a browser (Azure ML's --access_control_allow_origins); "*"
+    # for any. Preflights on every route are answered by the host when this is set.
+    cors_origins: list[str] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod

@@ -8,6 +8,7 @@ header of `Inference-Header-Content-Length` bytes followed by raw tensor bytes),
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ class InferRequest:
 
 
 def decode_request(body: bytes, header_length: str | None) -> InferRequest:
+    """Parse a v2 inference request; anything malformed is a 400 that says what, never a 500."""
     if header_length is not None:
         try:
             split = int(header_length)
@@ -44,36 +46,55 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
         header, binary = body, b""
     try:
         document = fast_json.loads(header)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise BadRequestError(f"inference request is not valid JSON: {exc}") from None
     if not isinstance(document, dict) or not isinstance(document.get("inputs"), list):
         raise BadRequestError("inference request needs an 'inputs' list")
+    parameters = _parameters(document, "the request")
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for index, tensor in enumerate(document["inputs"]):
         array, used = _decode_tensor(tensor, index, binary, offset)
+        if tensor["name"] in inputs:
+            raise BadRequestError(f"input {tensor['name']!r} is given twice")
         offset += used
         inputs[tensor["name"]] = array
     if offset != len(binary):
         raise BadRequestError(f"{len(binary) - offset} bytes of binary data belong to no input")
-    parameters = document.get("parameters") or {}
+    binary_default = _flag(parameters, "binary_data_output", False, "the request")
     outputs = None
-    if isinstance(document.get("outputs"), list):
+    requested = document.get("outputs")
+    if requested is not None and not isinstance(requested, list):
+        raise BadRequestError("'outputs' must be a list")
+    if requested:  # an empty list asks for every output, as Triton reads it
         outputs = {}
-        for item in document["outputs"]:
+        for item in requested:
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
                 raise BadRequestError("each requested output needs a 'name'")
-            item_parameters = item.get("parameters") or {}
-            outputs[item["name"]] = bool(
-                item_parameters.get("binary_data", parameters.get("binary_data_output", False))
-            )
+            if item["name"] in outputs:
+                raise BadRequestError(f"output {item['name']!r} is requested twice")
+            where = f"output {item['name']!r}"
+            outputs[item["name"]] = _flag(_parameters(item, where), "binary_data", binary_default, where)
     request_id = document.get("id")
-    return InferRequest(
-        str(request_id) if request_id is not None else None,
-        inputs,
-        outputs,
-        bool(parameters.get("binary_data_output", False)),
-    )
+    if request_id is not None and not isinstance(request_id, str):
+        raise BadRequestError("'id' must be a string")
+    return InferRequest(request_id, inputs, outputs, binary_default)
+
+
+def _parameters(document: dict[str, Any], where: str) -> dict[str, Any]:
+    parameters = document.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise BadRequestError(f"'parameters' of {where} must be an object")
+    return parameters
+
+
+def _flag(parameters: dict[str, Any], key: str, default: bool, where: str) -> bool:
+    value = parameters.get(key, default)
+    if not isinstance(value, bool):
+        raise BadRequestError(f"{where}: parameter {key!r} must be true or false")
+    return value
 
 
 def _decode_tensor(tensor: Any, index: int, binary: bytes, offset: int) -> tuple[np.ndarray, int]:
@@ -83,15 +104,21 @@ def _decode_tensor(tensor: Any, index: int, binary: bytes, offset: int) -> tuple
         if key not in tensor:
             raise BadRequestError(f"inputs[{index}] lacks {key!r}")
     name, datatype = tensor["name"], tensor["datatype"]
+    if not isinstance(name, str):
+        raise BadRequestError(f"inputs[{index}]: 'name' must be a string")
     shape = tensor["shape"]
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(
+        type(d) is int and d >= 0 for d in shape
+    ):  # bool is an int subclass, and [true, 3] is no shape
         raise BadRequestError(f"input {name!r}: shape must be a list of non-negative integers")
-    if datatype not in V2_TO_NUMPY:
+    if not isinstance(datatype, str) or datatype not in V2_TO_NUMPY:
         raise BadRequestError(f"input {name!r}: unsupported datatype {datatype!r}")
     dtype = V2_TO_NUMPY[datatype]
-    count = int(np.prod(shape)) if shape else 1
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    count = math.prod(shape)
+    size = _parameters(tensor, f"input {name!r}").get("binary_data_size")
     if size is not None:
+        if type(size) is not int or size < 0:
+            raise BadRequestError(f"input {name!r}: binary_data_size must be a non-negative integer")
         raw = binary[offset : offset + size]
         if len(raw) != size:
             raise BadRequestError(f"input {name!r}: binary data is shorter than {size} bytes")
@@ -108,20 +135,41 @@ def _decode_tensor(tensor: Any, index: int, binary: bytes, offset: int) -> tuple
 
 
 def _json_elements(data: Any, dtype: Any, datatype: str, name: str) -> np.ndarray:
+    if not isinstance(data, list):
+        data = [data]
     if datatype == "BYTES":
-        array = np.asarray(data, dtype=object).reshape(-1)
-        return array
+        try:
+            array = np.asarray(data, dtype=object)
+        except ValueError:
+            raise BadRequestError(f"input {name!r}: data is not a rectangular array") from None
+        flat = array.reshape(-1)
+        if not all(isinstance(item, str) for item in flat):
+            raise BadRequestError(f"input {name!r}: BYTES data must be strings")
+        return flat
     try:
         array = np.asarray(data)
-    except ValueError:
-        raise BadRequestError(f"input {name!r}: data is not a rectangular array") from None
+    except (ValueError, OverflowError):
+        raise BadRequestError(f"input {name!r}: data is not a rectangular array of numbers") from None
     if array.dtype.kind in ("U", "S", "O"):
+        if array.dtype.kind == "O" and all(type(item) is int for item in array.reshape(-1)):
+            raise BadRequestError(f"input {name!r}: a value is out of range for {datatype}")
         raise BadRequestError(f"input {name!r}: {datatype} data must be numbers")
     if datatype == "BOOL" and array.size and array.dtype.kind != "b":
         raise BadRequestError(f"input {name!r}: BOOL data must be true/false")
-    if np.dtype(dtype).kind in "iu" and array.dtype.kind == "f":
-        raise BadRequestError(f"input {name!r}: {datatype} data must be integers")
-    return array.astype(dtype, copy=False).reshape(-1)
+    target = np.dtype(dtype)
+    if target.kind in "iu":
+        if array.dtype.kind not in "biu":
+            raise BadRequestError(f"input {name!r}: {datatype} data must be integers")
+        if array.size and array.dtype.kind != "b":
+            limits = np.iinfo(target)
+            # Compared as Python ints: numpy would wrap 300 into a UINT8 44 without a word.
+            if int(array.min()) < limits.min or int(array.max()) > limits.max:
+                raise BadRequestError(
+                    f"input {name!r}: a value is out of range for {datatype} ({limits.min}..{limits.max})"
+                )
+    elif target.kind == "f" and array.dtype.kind not in "biuf":
+        raise BadRequestError(f"input {name!r}: {datatype} data must be numbers")
+    return array.astype(target, copy=False).reshape(-1)
 
 
 def _raw_elements(raw: bytes, dtype: Any, name: str) -> np.ndarray:
@@ -132,6 +180,12 @@ def _raw_elements(raw: bytes, dtype: Any, name: str) -> np.ndarray:
 
 
 def _bytes_elements(raw: bytes, name: str) -> np.ndarray:
+    """Triton's length-prefixed BYTES elements, as text where they are UTF-8.
+
+    Text is what an ONNX string tensor holds and what the same request in JSON gives, so a
+    model or a script sees one kind of value whichever encoding the client chose; elements
+    that are not UTF-8 stay bytes, and a handler that needs text refuses them with a 400.
+    """
     items: list[bytes] = []
     position = 0
     while position < len(raw):
@@ -139,11 +193,17 @@ def _bytes_elements(raw: bytes, name: str) -> np.ndarray:
             raise BadRequestError(f"input {name!r}: truncated BYTES element")
         (length,) = struct.unpack_from("<I", raw, position)
         position += 4
+        if position + length > len(raw):
+            raise BadRequestError(f"input {name!r}: truncated BYTES element")
         items.append(raw[position : position + length])
         position += length
-    if position != len(raw):
-        raise BadRequestError(f"input {name!r}: truncated BYTES element")
-    return np.array(items, dtype=object)
+    try:
+        texts: list[Any] = [item.decode("utf-8") for item in items]
+    except UnicodeDecodeError:
+        texts = list(items)
+    array = np.empty(len(texts), dtype=object)
+    array[:] = texts
+    return array
 
 
 def encode_response(

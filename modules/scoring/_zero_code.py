@@ -134,6 +134,9 @@ class OnnxModelHandler(Handler):
                 raise BadRequestError(
                     f"input {spec.name!r}: datatype mismatch, model expects {spec.datatype}"
                 )
+            if spec.datatype == "BYTES" and not all(isinstance(item, str) for item in array.reshape(-1)):
+                # ONNX Runtime would store str(b"...") - a wrong answer with a 200.
+                raise BadRequestError(f"input {spec.name!r}: BYTES elements must be UTF-8 text")
             check_shape(spec, array.shape, spec.name)
             feeds[spec.name] = array
         return await self._run(feeds)

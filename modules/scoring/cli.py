@@ -51,6 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--keys-file", type=Path, help="JSON or two lines: primary, secondary")
     parser.add_argument("--access-log", action="store_true")
+    parser.add_argument(
+        "--error-details",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="return run()'s exception text to clients (default: on for --entry-script on a "
+        "loopback --host, a workstation; off otherwise: it can leak secrets)",
+    )
+    parser.add_argument(
+        "--cors-origins",
+        default="",
+        help="comma-separated origins browsers may call from, or * (Azure ML's "
+        "--access_control_allow_origins); preflights are answered on every route",
+    )
     return parser
 
 
@@ -82,6 +95,8 @@ def settings_from_args(args: argparse.Namespace) -> ScoringSettings:
         "port": args.port,
         "access_log": args.access_log,
         "processes": args.processes if args.processes is not None else cpu_count(),
+        "error_details": _error_details(args),
+        "cors_origins": [o.strip() for o in getattr(args, "cors_origins", "").split(",") if o.strip()],
     }
     if args.workers is not None:
         values["inference_workers"] = args.workers
@@ -95,6 +110,14 @@ def settings_from_args(args: argparse.Namespace) -> ScoringSettings:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise ConfigError(f"invalid {where}: {first['msg']}") from None
+
+
+def _error_details(args: argparse.Namespace) -> bool:
+    """Explicit flag first; else on only for an entry script served to this machine alone."""
+    explicit = getattr(args, "error_details", None)
+    if explicit is not None:
+        return bool(explicit)
+    return args.entry_script is not None and args.host in ("127.0.0.1", "localhost", "::1")
 
 
 def main(argv: list[str]) -> int:

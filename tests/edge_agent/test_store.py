@@ -10,6 +10,7 @@ import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,6 +79,11 @@ def _blob_gets(proxy: FaultProxy, digest: str) -> int:
     return sum(1 for method, path, _ in proxy.log.requests if method == "GET" and path.endswith(digest))
 
 
+def _model_file(stored: Any, model: Any, name: str) -> Path:
+    """Where a model's file lands in a stored module: Azure ML v1's `<name>/<version>/<file>`."""
+    return stored.model_dir / model.name / str(model.version) / name
+
+
 def _blob_files(store_root: Path) -> list[str]:
     return sorted(p.name for p in (store_root / "blobs" / "sha256").iterdir())
 
@@ -112,9 +118,9 @@ async def test_materialized_module_has_the_entry_script_and_model_files(
     assert stored.spec == pub.module.spec
     assert stored.entry_script == stored.code_dir / "score.py"
     assert stored.entry_script.read_text() == SCORE.read_text()
-    weights = stored.model_dir / pub.model.name / "weights.bin"
+    weights = _model_file(stored, pub.model, "weights.bin")
     assert weights.read_bytes() == pub.weights
-    assert (stored.model_dir / pub.model.name / "model.onnx").read_bytes() == IRIS_ONNX.read_bytes()
+    assert (_model_file(stored, pub.model, "model.onnx")).read_bytes() == IRIS_ONNX.read_bytes()
     assert os.path.samefile(weights, store.blob_path(pub.weights_digest))  # a link, not a second copy
     assert (stored.root / ".complete").exists()
     assert seen and seen[-1] == (sum(_layers(store, pub.module.digest).values()),) * 2
@@ -159,8 +165,8 @@ async def test_two_modules_sharing_a_model_store_its_blob_once(
     assert _blob_gets(proxy, first.weights_digest) == 1
     # two model files shared, two code layers of their own
     assert len(_blob_files(store.root)) == 4
-    weights = one.model_dir / first.model.name / "weights.bin"
-    assert os.path.samefile(weights, two.model_dir / first.model.name / "weights.bin")
+    weights = _model_file(one, first.model, "weights.bin")
+    assert os.path.samefile(weights, _model_file(two, first.model, "weights.bin"))
     assert two.entry_script is not None and two.entry_script.read_text() == "def init(): pass\n"
 
 
@@ -173,7 +179,7 @@ async def test_a_blob_corrupted_on_disk_is_detected_and_fetched_again(
     async with RegistryClient(registry.url) as client:
         stored = await store.ensure_module(client, repo, digest)
         assert await store.verify_module(digest)
-        weights = stored.model_dir / pub.model.name / "weights.bin"
+        weights = _model_file(stored, pub.model, "weights.bin")
 
         _corrupt(store.blob_path(pub.weights_digest))
         with caplog.at_level(logging.WARNING, logger="edge_agent._store"):
@@ -194,7 +200,7 @@ async def test_a_blob_corrupted_on_disk_is_detected_and_fetched_again(
         with caplog.at_level(logging.WARNING, logger="edge_agent._store"):
             repaired = await store.ensure_module(client, repo, digest)
         assert pub.weights_digest in caplog.text
-    assert (repaired.model_dir / pub.model.name / "weights.bin").read_bytes() == pub.weights
+    assert (_model_file(repaired, pub.model, "weights.bin")).read_bytes() == pub.weights
     assert await store.verify_module(digest)
 
 
@@ -245,7 +251,7 @@ async def test_a_download_cut_half_way_still_ends_with_a_correct_store(
         assert proxy.cut_blob_downloads == 0
         assert client.stats.resumed_downloads >= 1
     assert any(rng is not None for method, _, rng in proxy.log.requests if method == "GET")
-    assert (stored.model_dir / pub.model.name / "weights.bin").read_bytes() == pub.weights
+    assert (_model_file(stored, pub.model, "weights.bin")).read_bytes() == pub.weights
     assert not [name for name in _blob_files(store.root) if name.endswith(".partial")]
     assert await store.verify_module(pub.module.digest)
 
@@ -365,4 +371,4 @@ async def test_stored_module_works_offline_and_across_restarts(distribution: Ser
         again = await restarted.ensure_module(offline, pub.module.repository, pub.module.digest)
         assert offline.stats.requests == 0
     assert again == stored
-    assert (stored.model_dir / pub.model.name / "weights.bin").read_bytes() == pub.weights
+    assert (_model_file(stored, pub.model, "weights.bin")).read_bytes() == pub.weights

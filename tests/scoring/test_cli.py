@@ -119,3 +119,18 @@ def test_bad_arguments_are_one_line_errors_with_non_zero_exit(capsys, argv, mess
     assert message in err
     assert err.startswith("modelfleet: error: ")
     assert err.count("\n") == 1
+
+
+def test_error_details_default_on_only_for_an_entry_script_on_loopback():
+    from modules.scoring.cli import build_parser, settings_from_args
+
+    def settings(*extra: str):
+        return settings_from_args(build_parser().parse_args(["--model-dir", str(IRIS_DIR), *extra]))
+
+    script = str(IRIS_SCRIPT)
+    assert settings("--entry-script", script).error_details is True
+    assert settings("--entry-script", script, "--host", "0.0.0.0").error_details is False
+    assert settings("--entry-script", script, "--no-error-details").error_details is False
+    assert settings("--host", "0.0.0.0", "--entry-script", script, "--error-details").error_details is True
+    assert settings().error_details is False  # zero-code: nothing of a script's to show
+    assert settings("--cors-origins", "https://a.example, *").cors_origins == ["https://a.example", "*"]

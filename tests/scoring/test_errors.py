@@ -5,15 +5,31 @@ import requests
 from .conftest import IRIS_DIR, IRIS_SCRIPT, SCRIPTS
 
 
-def test_run_exception_is_500_with_message_and_no_traceback_in_body(serve_host, caplog):
+def test_run_exception_is_a_generic_500_with_the_request_id_by_default(serve_host, caplog):
     host = serve_host(model_dir=IRIS_DIR, entry_script=SCRIPTS / "failing_run.py")
     response = requests.post(host.url + "/score", json={"data": 1}, timeout=30)
 
     assert response.status_code == 500
-    message = response.json()["message"]
-    assert "ValueError: the sensor value is out of range" in message
-    assert "Traceback" not in response.text
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["x-ms-run-function-failed"] == "True"
+    body = response.json()
+    assert body["message"] == "An unexpected error occurred in scoring script. Check the logs for more info."
+    assert body["request_id"] == response.headers["x-request-id"]
+    assert "sensor value" not in response.text and "Traceback" not in response.text
     assert any(record.exc_info for record in caplog.records if "run() raised" in record.message)
+    assert any(
+        body["request_id"] in record.message and "the sensor value is out of range" in record.message
+        for record in caplog.records
+    )
+
+
+def test_run_exception_text_is_returned_only_with_error_details(serve_host):
+    host = serve_host(model_dir=IRIS_DIR, entry_script=SCRIPTS / "failing_run.py", error_details=True)
+    response = requests.post(host.url + "/score", json={"data": 1}, timeout=30)
+
+    assert response.status_code == 500
+    assert "ValueError: the sensor value is out of range" in response.json()["message"]
+    assert "Traceback" not in response.text
 
 
 def test_bad_json_body_is_400_with_a_message_for_a_bare_model(serve_host):

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import requests
@@ -120,3 +122,32 @@ def test_pandas_samples_accept_records_and_name_missing_columns():
     assert list(frame.columns) == ["a", "b"]
     with pytest.raises(BadRequestError, match="missing column 'b'"):
         kind.deserialize([{"a": 2}], "frame")
+
+
+def test_nested_power_bi_inputs_are_converted_as_the_real_inference_schema_does(serve_host):
+    """The same sample through the host and through the real package's own decorator."""
+    import importlib.util
+
+    script = SCRIPTS / "powerbi_nested.py"
+    body = {
+        "Inputs": {
+            "data": [
+                {"age": 30, "income": 1234.5, "city": "Bergen"},
+                {"age": 7, "income": 0, "city": "Oslo"},
+            ],
+            "extra": [[4.0, 5.0, 6.0]],
+        },
+        "GlobalParameters": {"method": "predict_proba", "threshold": 0.25},
+    }
+    spec = importlib.util.spec_from_file_location("powerbi_nested_reference", script)
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    expected = json.loads(json.dumps(reference.run(**json.loads(json.dumps(body))), default=str))
+    assert expected["Inputs"]["items"]["data"]["type"] == "DataFrame"  # the package converts it
+
+    host = serve_host(model_dir=IRIS_DIR, entry_script=script)
+    assert host.wait_loaded()["status"] == "Healthy"
+    response = requests.post(host.url + "/score", json=body, timeout=30)
+
+    assert response.status_code == 200, response.text
+    assert response.json() == expected
