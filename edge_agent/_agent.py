@@ -428,7 +428,7 @@ class Agent:
         retrying = {n: _retry_text(f) for n, f in standing.items() if f.transient}
         self._judge(selection, docs, owners, failures, retrying)
         # what runs, and what is wanted: partial downloads of a wanted version survive to be resumed
-        self.runtime.prune(
+        await self.runtime.prune(
             {rec.digest for rec in self.persisted.modules.values()} | {d.digest for d in desired.values()}
         )
         self._save()

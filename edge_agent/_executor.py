@@ -88,8 +88,8 @@ class Executor:
     async def execution_providers(self) -> list[str]:
         return await execution_providers()
 
-    def prune(self, keep_digests: set[str]) -> None:
-        self.store.gc(keep_digests)
+    async def prune(self, keep_digests: set[str]) -> None:
+        await self.store.gc_async(keep_digests)
 
     # -- building blocks ----------------------------------------------------------------------
 

@@ -57,7 +57,7 @@ class ModuleRuntime(Protocol):
 
     async def execution_providers(self) -> list[str]: ...
 
-    def prune(self, keep_digests: set[str]) -> None:
+    async def prune(self, keep_digests: set[str]) -> None:
         """Forget stored artifacts no module uses any more."""
         ...
 

@@ -389,18 +389,25 @@ class ArtifactStore:
 
     # -- garbage collection -------------------------------------------------------------------
 
-    def gc(self, keep: Iterable[str]) -> GcReport:
+    async def gc_async(self, keep: Iterable[str]) -> GcReport:
+        """`gc` in a worker thread, so the event loop never waits on the disk (removing a large
+        module folder can take a while); what is being fetched is read here, on the loop."""
+        in_flight = {digest: set(blobs) for digest, blobs in self._in_flight.items()}
+        return await asyncio.to_thread(self.gc, set(keep), in_flight)
+
+    def gc(self, keep: Iterable[str], in_flight: dict[str, set[str]] | None = None) -> GcReport:
         """Remove modules, manifests and blobs that no kept module references.
 
         A blob shared with a kept module survives; modules being fetched right now count as kept.
         `freed_bytes` counts blobs, unfinished downloads and the files of removed module folders
         that were not hard links to a blob (extracted code, copies).
         """
-        kept = {check_digest(d) for d in keep} | set(self._in_flight)
+        in_flight = self._in_flight if in_flight is None else in_flight
+        kept = {check_digest(d) for d in keep} | set(in_flight)
         kept_hex = {_hex(d) for d in kept}
-        busy_hex = {_hex(d) for d in self._in_flight}
+        busy_hex = {_hex(d) for d in in_flight}
         referenced: set[str] = set()
-        for blobs in self._in_flight.values():
+        for blobs in in_flight.values():
             referenced |= {_hex(b) for b in blobs}
         for digest in kept:
             manifest = self._read_manifest(digest)

@@ -339,7 +339,8 @@ class ProcessRuntime:
             await asyncio.to_thread(instance.output.finish)  # the last log lines
         if not _group_alive(pgid):
             # Nothing left that could be adopted: the private settings (keys) go with it.
-            shutil.rmtree(self.settings_path(instance.config.instance_id).parent, ignore_errors=True)
+            folder = self.settings_path(instance.config.instance_id).parent
+            await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
         log.info("stopped %s (exit %d)", instance.config.instance_id, code)
         return code
 

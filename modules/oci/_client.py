@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 PushOutcome = Literal["existing", "mounted", "uploaded", "needs-data"]
 _TRANSIENT_STATUS = {502, 503, 504}
+# Bytes gathered on the loop before one write-and-hash in a worker thread.
+WRITE_BATCH = 1 << 20
 _NETWORK_ERRORS = (
     aiohttp.ClientConnectionError,
     aiohttp.ClientPayloadError,
@@ -484,36 +486,45 @@ class RegistryClient:
             headers = {"Range": f"bytes={offset}-"} if offset else {}
             if offset:
                 self.stats.resumed_downloads += 1
-            resp = await self._send(
-                "GET",
-                f"/v2/{repository}/blobs/{digest}",
-                scope_key=repository,
-                headers=headers,
-                ok=(200, 206, 416),
-            )
+            # Opened before the request: once the response arrives, reading it must not wait for
+            # the disk (a connection cut while we wait loses the bytes aiohttp had buffered).
+            sink = _BlobSink(await asyncio.to_thread(partial.open, "ab" if offset else "wb"), hasher)
+            try:
+                resp = await self._send(
+                    "GET",
+                    f"/v2/{repository}/blobs/{digest}",
+                    scope_key=repository,
+                    headers=headers,
+                    ok=(200, 206, 416),
+                )
+            except BaseException:
+                await sink.close(sync=False)
+                raise
             try:
                 if resp.status == 416:
                     # The partial file is at least as long as the blob: check it as it is.
+                    await sink.close(sync=False)
                     break
                 if resp.status == 200 and offset:
                     hasher, offset = hashlib.sha256(), 0
-                mode = "ab" if offset else "wb"
+                    await sink.restart(hasher)
+                # The event loop never waits on the disk: bytes are gathered here and written,
+                # hashed and fsynced in a worker thread a batch at a time, so the front proxies and
+                # the agent that share the loop keep answering during a large download.
                 try:
-                    with partial.open(mode) as f:
-                        async for chunk in resp.content.iter_chunked(CHUNK):
-                            f.write(chunk)
-                            hasher.update(chunk)
-                            offset += len(chunk)
-                            self.stats.bytes_downloaded += len(chunk)
-                            if size is not None and offset > size:
-                                break
-                            if progress is not None:
-                                maybe = progress(offset)
-                                if maybe is not None:
-                                    await maybe
-                        f.flush()
-                        os.fsync(f.fileno())
+                    async for chunk in resp.content.iter_chunked(CHUNK):
+                        offset += len(chunk)
+                        self.stats.bytes_downloaded += len(chunk)
+                        await sink.add(chunk)
+                        if size is not None and offset > size:
+                            break
+                        if progress is not None:
+                            maybe = progress(offset)
+                            if maybe is not None:
+                                await maybe
+                    await sink.close(sync=True)
                 except _NETWORK_ERRORS as exc:
+                    await sink.close(sync=False)  # what arrived stays, for the resumed request
                     failures += 1
                     if failures > self._retries:
                         raise RegistryUnreachableError(
@@ -525,6 +536,8 @@ class RegistryClient:
                     continue
             finally:
                 resp.release()
+                if not sink.file.closed:
+                    await sink.close(sync=False)
             if size is None or offset >= size:
                 break
         actual = "sha256:" + hasher.hexdigest()
@@ -535,9 +548,64 @@ class RegistryClient:
                 f"blob {repository}@{digest} content does not match its digest "
                 f"(got {actual}, {offset} bytes); the download was discarded"
             )
-        os.replace(partial, dest)
-        fsync_dir(dest.parent)
+        await asyncio.to_thread(_place, partial, dest)
         return dest
+
+
+def _place(partial: Path, dest: Path) -> None:
+    os.replace(partial, dest)
+    fsync_dir(dest.parent)
+
+
+class _BlobSink:
+    """A download's partial file, written and hashed off the event loop in batches."""
+
+    def __init__(self, file: Any, hasher: Any) -> None:
+        self.file = file
+        self.hasher = hasher
+        self.pending = bytearray()
+
+    async def restart(self, hasher: Any) -> None:
+        """The server sent the whole blob instead of the range asked for: start the file over."""
+        self.hasher, self.pending = hasher, bytearray()
+        await asyncio.to_thread(_truncate, self.file)
+
+    async def add(self, chunk: bytes) -> None:
+        self.pending += chunk
+        if len(self.pending) >= WRITE_BATCH:
+            await self._write()
+
+    async def _write(self) -> None:
+        data, self.pending = bytes(self.pending), bytearray()
+        await asyncio.to_thread(_write_and_hash, self.file, self.hasher, data)
+
+    async def close(self, *, sync: bool) -> None:
+        """Write what is pending (also after a cut: those bytes are counted already), then
+        flush, fsync if asked, and close."""
+        try:
+            if self.pending:
+                await self._write()
+            await asyncio.to_thread(_finish, self.file, sync)
+        finally:
+            if not self.file.closed:
+                await asyncio.to_thread(self.file.close)
+
+
+def _truncate(file: Any) -> None:
+    file.seek(0)
+    file.truncate()
+
+
+def _write_and_hash(file: Any, hasher: Any, data: bytes) -> None:
+    file.write(data)
+    hasher.update(data)  # hashlib releases the GIL for large updates
+
+
+def _finish(file: Any, sync: bool) -> None:
+    file.flush()
+    if sync:
+        os.fsync(file.fileno())
+    file.close()
 
 
 def _hash_into(path: Path, hasher: Any) -> int:

@@ -147,7 +147,7 @@ class FakeRuntime:
     async def execution_providers(self) -> list[str]:
         return ["CPUExecutionProvider"]
 
-    def prune(self, keep_digests: set[str]) -> None:
+    async def prune(self, keep_digests: set[str]) -> None:
         self.pruned.append(set(keep_digests))
 
     async def shutdown(self) -> None:
