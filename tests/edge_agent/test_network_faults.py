@@ -265,6 +265,7 @@ def test_a_120_s_cut_mid_download_ends_applied_with_the_file_fetched_about_once(
                 assert sent < MODEL_BYTES * 1.2, (
                     f"{sent} bytes crossed the link for a {MODEL_BYTES}-byte model"
                 )
+                print(f"{sent / MODEL_BYTES:.3f}x the model's size crossed the link, {CUT_S} s cut")
                 # truthful: no stale error, no download left, and online on the broker
                 for module in state["modules"].values():
                     assert module.get("last_error") is None and module.get("download") is None
