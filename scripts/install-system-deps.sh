@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The real services the tests run against: Mosquitto, the Distribution registry, skopeo.
+# The real services the tests run against: Mosquitto, the Distribution registry, skopeo; and
+# iproute2 (ip, tc), with which the network-fault tests make their own hosts.
 # Installs only what is missing; needs root (or sudo) for apt-get.
 set -euo pipefail
 
@@ -7,6 +8,7 @@ declare -A wanted=(
   [mosquitto]=/usr/sbin/mosquitto
   [docker-registry]=/usr/bin/docker-registry
   [skopeo]=/usr/bin/skopeo
+  [iproute2]=/usr/sbin/tc
 )
 missing=()
 for pkg in "${!wanted[@]}"; do
