@@ -143,5 +143,6 @@ class StateFile:
     def save(self, state: PersistedState) -> None:
         """Write-then-rename with fsync: a crash leaves the old or the new file, never half of one."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = json.dumps(state.model_dump(mode="json"), indent=1, sort_keys=True).encode()
+        # compact: indent turns off json's C encoder, and the file is rewritten often
+        data = json.dumps(state.model_dump(mode="json"), separators=(",", ":"), sort_keys=True).encode()
         write_atomic(self.path, data, mode=0o600)

@@ -28,6 +28,7 @@ HELP: dict[str, str] = {
     "agent": "run and inspect the edge agent",
     "pki": "certificates for the broker's mTLS: CA, publishers, devices, CSRs",
     "broker": "write a Mosquitto config and ACL for a fleet (mTLS only)",
+    "simulate": "run a simulated fleet of real agents, for tests and rollout rehearsals",
 }
 
 

@@ -1,1 +1,38 @@
-"""A fleet of devices in one process, running the real agent code against real services."""
+"""A fleet of devices in one process, running the real agent code against real services.
+
+    from simulator import Fleet, share, spread
+
+    async with Fleet(50, trust=[publisher_pem], tags={"gpu": share(True, 30)}) as fleet:
+        await fleet.deploy(document, signing_key)
+        result = await fleet.converged(document.name, document.version)
+
+Every device is an `edge_agent.Agent`; modules run in a `SimulatedRuntime`; the control plane is
+an in-memory broker (`hub="memory"`) or a real MQTT broker (`hub="mqtt://..."`). See
+docs/simulator.md.
+"""
+
+from simulator._fleet import MEMORY, SETTLED, Convergence, Fleet, SimulatedDevice, SimulatorError
+from simulator._memory import MemoryBroker, MemoryTransport
+from simulator._relay import LinkRelay
+from simulator._runtime import SimulatedRuntime, SimulatedStartError
+from simulator._tags import Share, Spread, in_share, share, spread, tags_for
+
+__all__ = [
+    "MEMORY",
+    "SETTLED",
+    "Convergence",
+    "Fleet",
+    "LinkRelay",
+    "MemoryBroker",
+    "MemoryTransport",
+    "Share",
+    "SimulatedDevice",
+    "SimulatedRuntime",
+    "SimulatedStartError",
+    "SimulatorError",
+    "Spread",
+    "in_share",
+    "share",
+    "spread",
+    "tags_for",
+]

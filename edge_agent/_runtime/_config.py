@@ -68,6 +68,7 @@ class InstanceConfig(BaseModel):
             "model_dir": self.azureml_model_dir(),
             "models_root": self.model_dir,
             "model_name": served_model_name(self.spec),
+            "service_name": self.module,  # the swagger title, as Azure ML titles it with the service
             "entry_script": self.resolved_entry_script(),
             "model_version": str(self.spec.version),
             "execution_providers": providers,

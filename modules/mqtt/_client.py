@@ -280,7 +280,9 @@ class MqttTransport:
         client id rejected) fails at once, since retrying cannot fix configuration.
         """
         if self._started or self._stop_called:
-            raise MqttError("an MqttTransport starts once; make a new one after stop()")
+            raise MqttError(
+                "an MqttTransport starts once (again only after a failed start); make a new one after stop()"
+            )
         self._started = True
         self._loop = asyncio.get_running_loop()
         self._client = self._build_client()
@@ -311,6 +313,11 @@ class MqttTransport:
                 log.info("MQTT connect to %s failed (%s); retrying in %.2f s", self._where, reason, delay)
                 await asyncio.sleep(delay)
                 attempt += 1
+        except MqttConnectError:
+            # Not a stop: the caller may try again later (a daemon whose broker is not up yet),
+            # and whoever consumes messages() keeps waiting for the connection that will come.
+            await self._reset_after_failed_start()
+            raise
         except BaseException:
             await self._teardown()
             raise
@@ -623,6 +630,19 @@ class MqttTransport:
             await asyncio.sleep(MISC_PERIOD_S)
             if self._client is not None and self._sock is not None:
                 self._client.loop_misc()
+
+    async def _reset_after_failed_start(self) -> None:
+        for task in (self._supervisor, self._callbacks_task, self._misc_task):
+            await self._cancel(task)
+        self._supervisor = self._callbacks_task = self._misc_task = None
+        if self._sock is not None:
+            sock, self._sock = self._sock, None
+            self._forget_socket(sock)
+            sock.close()
+        self._ready.clear()
+        self._session_up = False
+        self._client = None
+        self._started = False
 
     async def _teardown(self) -> None:
         """Cancel every owned task and close whatever socket is left; used by stop() and a failed start()."""

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_response import ContentCoding
 from multidict import CIMultiDict
 
 from ._cors import Cors
 from ._errors import (
+    BadRequestError,
     ModelNotFoundError,
     PayloadTooLargeError,
     RequestHeaderTooLargeError,
@@ -26,7 +29,7 @@ from ._errors import (
     ScriptFailedError,
 )
 from ._host import ScoringHost
-from ._openapi import build_document
+from ._openapi import VERSIONS, build_document, unknown_version_message, user_documents
 from ._raw_http import AMLRequest, stream_reply
 from ._settings import ScoringSettings
 from ._v2_protocol import HEADER_LENGTH, decode_request, encode_response, model_metadata
@@ -78,11 +81,20 @@ class RequestIds:
             headers["TraceId"] = trace_id  # Office services trace with it; Azure ML echoes it
 
 
+class RequestIdTooLongError(RequestHeaderTooLargeError):
+    """A 431 that still knows the request id when only the client's ids were too long: Azure ML
+    answers those with `x-request-id` set, and an over-long `x-request-id` with no id at all."""
+
+    def __init__(self, message: str, request_id: str | None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
 def request_ids(headers: Any) -> RequestIds:
     """The ids as Azure ML's server derives them; an id over 100 characters is a 431."""
     request_id = headers.get("x-request-id") or str(uuid.uuid4())
     if len(request_id) > _REQUEST_ID_LIMIT:
-        raise RequestHeaderTooLargeError(f"x-request-id must not exceed {_REQUEST_ID_LIMIT} characters")
+        raise RequestIdTooLongError(f"x-request-id must not exceed {_REQUEST_ID_LIMIT} characters", None)
     legacy = headers.get("x-ms-request-id", "")
     client = headers.get("x-ms-client-request-id", "")
     if legacy:
@@ -90,10 +102,22 @@ def request_ids(headers: Any) -> RequestIds:
     else:
         legacy = client or request_id
     if len(legacy) > _REQUEST_ID_LIMIT or len(client) > _REQUEST_ID_LIMIT:
-        raise RequestHeaderTooLargeError(
-            f"x-ms-request-id and x-ms-client-request-id must not exceed {_REQUEST_ID_LIMIT} characters"
+        raise RequestIdTooLongError(
+            f"x-ms-request-id and x-ms-client-request-id must not exceed {_REQUEST_ID_LIMIT} characters",
+            request_id,
         )
     return RequestIds(request_id, legacy, client)
+
+
+# Werkzeug's words for the routing errors, which Azure ML's server passes on as its message.
+_ROUTING_MESSAGES = {
+    404: "The requested URL was not found on the server. If you entered the URL manually please check "
+    "your spelling and try again.",
+    405: "The method is not allowed for the requested URL.",
+}
+# Azure ML's routes, where every answer but liveness says whether run() failed (as its server
+# does: all of them are AMLResponses there). The v2 routes are Open Inference Protocol's.
+_RUN_FLAG_ROUTES = frozenset({"/score", "/swagger.json", "unmatched"})
 
 
 _IDS_KEY = web.RequestKey("modelfleet_request_ids", RequestIds)
@@ -122,6 +146,7 @@ def create_app(settings: ScoringSettings) -> web.Application:
 
 def _middleware(host: ScoringHost, cors: Cors) -> Any:
     details = host.settings.error_details
+    gzip_min_bytes = host.settings.gzip_min_bytes
 
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -146,10 +171,16 @@ def _middleware(host: ScoringHost, cors: Cors) -> Any:
             log.error("request %s: %s", request_id, exc.message)
             response = _error(500, exc.message if details else exc.public_message, v2, request_id)
             response.headers["x-ms-run-function-failed"] = "True"
+        except RequestIdTooLongError as exc:
+            response = _error(exc.status, exc.message, v2)
+            if exc.request_id is not None:
+                response.headers["x-request-id"] = exc.request_id
         except ScoringError as exc:
             response = _error(exc.status, exc.message, v2)
         except web.HTTPException as exc:
             message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
+            if exc.status in _ROUTING_MESSAGES and not v2:
+                message = _ROUTING_MESSAGES[exc.status]
             response = _error(exc.status, message or exc.reason, v2)
         except Exception as exc:
             request_id = ids.request_id if ids else None
@@ -159,11 +190,44 @@ def _middleware(host: ScoringHost, cors: Cors) -> Any:
             message = f"internal error: {type(exc).__name__}: {exc}" if details else "internal error"
             response = _error(500, message, v2, request_id)
         if not response.prepared:
+            if gzip_min_bytes is not None:
+                _maybe_gzip(response, request, gzip_min_bytes)
+            if route in _RUN_FLAG_ROUTES and not v2 and "x-ms-run-function-failed" not in response.headers:
+                failed = route == "/score" and response.status >= 500
+                response.headers["x-ms-run-function-failed"] = "True" if failed else "False"
             decorate(response, request, cors)
         host.metrics.observe_request(request.method, route, response.status, time.perf_counter() - started)
         return response
 
     return middleware
+
+
+_COMPRESSIBLE_APPLICATION_TYPES = frozenset({"application/json", "application/xml", "application/javascript"})
+
+
+def _maybe_gzip(response: web.StreamResponse, request: web.Request, min_bytes: int) -> None:
+    """gzip a text or JSON body of at least `min_bytes` for a client that accepts it.
+
+    Smaller bodies gain less than the CPU they cost, and already compressed types (images,
+    binary tensors) do not shrink, so both go as they are. Streamed answers are left alone:
+    their chunks must leave as the script yields them.
+    """
+    if type(response) is not web.Response or response.headers.get("Content-Encoding"):
+        return
+    body = response.body
+    if not isinstance(body, bytes) or len(body) < min_bytes:
+        return
+    mimetype = response.content_type
+    if not (
+        mimetype.startswith("text/")
+        or mimetype in _COMPRESSIBLE_APPLICATION_TYPES
+        or mimetype.endswith(("+json", "+xml"))
+    ):
+        return
+    response.headers["Vary"] = "Accept-Encoding"  # caches must not hand gzip to others
+    accepted = request.headers.get("Accept-Encoding", "").lower()
+    if "gzip" in accepted and "gzip;q=0" not in accepted.replace(" ", ""):
+        response.enable_compression(ContentCoding.gzip)
 
 
 def decorate(response: web.StreamResponse, request: web.Request, cors: Cors) -> None:
@@ -209,7 +273,8 @@ def _add_azureml_routes(app: web.Application, host: ScoringHost, cors: Cors) -> 
         body = await _read_body(request, host)
         await host.wait_ready()
         if request.method == "OPTIONS" and not host.handler.raw_requests:
-            return web.Response(status=200)  # as Azure ML: only a raw-mode run() sees OPTIONS
+            # As Azure ML: only a raw-mode run() sees OPTIONS; others get its empty 200.
+            return web.Response(status=200, body=b"", content_type="text/html", charset="utf-8")
         incoming = AMLRequest(request.method, request.path, request.query_string, request.headers, body)
         started = time.perf_counter()
         reply = await host.within_timeout(host.handler.score(incoming))
@@ -226,19 +291,24 @@ def _add_azureml_routes(app: web.Application, host: ScoringHost, cors: Cors) -> 
         await stream_reply(request, response, reply.stream, host.executor)
         return response
 
+    script = host.settings.entry_script
+    shipped = user_documents(script.resolve().parent) if script is not None else {}
+    # Azure ML's SERVICE_NAME is the deployment's name; the host falls back to the model's.
+    title = host.settings.service_name or os.environ.get("SERVICE_NAME") or host.handler.model_name
+
     async def swagger(request: web.Request) -> web.Response:
-        version = request.query.get("version", "2")
+        asked = request.query.get("version", "2")
+        version = VERSIONS.get(asked)
+        if version is None:
+            raise ModelNotFoundError(unknown_version_message(asked))
+        if version in shipped:
+            return web.Response(body=shipped[version], content_type="application/json")
         if host.ready:
             body_schema, result_schema = host.handler.swagger_parts()
         else:
             body_schema = result_schema = None
         document = build_document(
-            host.handler.model_name,
-            host.settings.model_version,
-            body_schema,
-            result_schema,
-            host.auth.enabled,
-            version,
+            title, host.settings.model_version, body_schema, result_schema, host.auth.enabled, version
         )
         return web.json_response(document, dumps=lambda d: json.dumps(d, default=str))
 
@@ -315,7 +385,30 @@ def _add_v2_routes(app: web.Application, host: ScoringHost) -> None:
         )
         return web.Response(body=payload, headers=headers)
 
+    async def repository_index(request: web.Request) -> web.Response:
+        """Triton's repository index: what this host serves, so clients can discover the name."""
+        body = await _read_body(request, host)
+        ready_only = False
+        if body.strip():
+            try:
+                wanted = json.loads(body)
+            except ValueError as exc:
+                raise BadRequestError(f"body is not valid JSON: {exc}") from None
+            if not isinstance(wanted, dict) or not isinstance(wanted.get("ready", False), bool):
+                raise BadRequestError('body must be {"ready": true|false}')
+            ready_only = wanted.get("ready", False)
+        state = {"loading": "LOADING", "ready": "READY", "failed": "UNAVAILABLE"}[host.state]
+        entry: dict[str, Any] = {
+            "name": host.handler.model_name,
+            "version": host.settings.model_version,
+            "state": state,
+        }
+        if host.error:
+            entry["reason"] = host.error
+        return web.json_response([entry] if host.ready or not ready_only else [])
+
     router = app.router
+    router.add_post("/v2/repository/index", repository_index)
     router.add_get("/v2", server_metadata)
     router.add_get("/v2/health/live", live)
     router.add_get("/v2/health/ready", ready)

@@ -82,6 +82,8 @@ def _json_default(value: Any) -> Any:
 
 
 def json_reply(result: Any, status: int = 200) -> AMLResponse:
+    if result is None:
+        return AMLResponse(None, status)  # `{}`, as Azure ML answers a run() that returned None
     try:
         body = json.dumps(result, default=_json_default)
     except (TypeError, ValueError) as exc:

@@ -89,31 +89,51 @@ class WerkzeugMultiDict(MultiDict):  # type: ignore[type-arg]
         return {key: self.getall(key) for key in dict.fromkeys(self.keys())}
 
 
+def _wsgi_pairs(headers: CIMultiDictProxy[str]) -> list[tuple[str, str]]:
+    """(name, value) pairs as a script under Azure ML's server sees them: gunicorn joins a
+    repeated header with commas into one WSGI variable, and Werkzeug names it back in title case
+    (`x-caller` arrives as `X-Caller`), so `dict(request.headers)["X-Caller"]` works there."""
+    merged: dict[str, str] = {}
+    for name, value in headers.items():
+        key = name.title()
+        merged[key] = f"{merged[key]},{value}" if key in merged else value
+    return list(merged.items())
+
+
 class RequestHeaders:
     """The request headers as Flask's `EnvironHeaders` behaves: case-insensitive lookups, and
-    iteration over (name, value) pairs, which scripts that copy or log headers rely on."""
+    iteration over (name, value) pairs named as Werkzeug names them, which scripts that copy or
+    log headers rely on."""
 
-    __slots__ = ("_headers",)
+    __slots__ = ("_headers", "_pairs")
 
     def __init__(self, headers: CIMultiDictProxy[str]) -> None:
         self._headers = headers
+        self._pairs: list[tuple[str, str]] | None = None
+
+    def _wsgi(self) -> list[tuple[str, str]]:
+        if self._pairs is None:  # built on first use: most scripts only look headers up
+            self._pairs = _wsgi_pairs(self._headers)
+        return self._pairs
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
-        return iter(self._headers.items())
+        return iter(self._wsgi())
 
     def __len__(self) -> int:
-        return len(self._headers)
+        return len(self._wsgi())
 
     def __getitem__(self, name: str) -> str:
-        return self._headers[name]
+        values = self._headers.getall(name)  # KeyError when absent, as Werkzeug's
+        return values[0] if len(values) == 1 else ",".join(values)
 
     def __contains__(self, name: object) -> bool:
         return name in self._headers
 
     def get(self, name: str, default: Any = None, type: Callable[[str], Any] | None = None) -> Any:
-        value = self._headers.get(name)
-        if value is None:
+        values = self._headers.getall(name, None)
+        if values is None:
             return default
+        value = values[0] if len(values) == 1 else ",".join(values)  # one WSGI variable under gunicorn
         if type is None:
             return value
         try:
@@ -127,19 +147,19 @@ class RequestHeaders:
     get_all = getlist
 
     def keys(self) -> Iterator[str]:
-        return iter(self._headers.keys())
+        return (name for name, _ in self._wsgi())
 
     def values(self) -> Iterator[str]:
-        return iter(self._headers.values())
+        return (value for _, value in self._wsgi())
 
     def items(self) -> Iterator[tuple[str, str]]:
-        return iter(self._headers.items())
+        return iter(self._wsgi())
 
     def to_wsgi_list(self) -> list[tuple[str, str]]:
-        return list(self._headers.items())
+        return list(self._wsgi())
 
     def __repr__(self) -> str:
-        return f"RequestHeaders({list(self._headers.items())!r})"
+        return f"RequestHeaders({self._wsgi()!r})"
 
 
 class FileStorage:
@@ -228,12 +248,12 @@ class AMLRequest:
         return f"{self.path}?{self.query_string.decode()}"
 
     @property
-    def content_type(self) -> str:
-        return self.headers.get("Content-Type", "")
+    def content_type(self) -> str | None:
+        return self.headers.get("Content-Type")  # None when not sent, as Flask's
 
     @property
     def mimetype(self) -> str:
-        return self.content_type.split(";", 1)[0].strip().lower()
+        return (self.content_type or "").split(";", 1)[0].strip().lower()
 
     @property
     def content_length(self) -> int:
@@ -285,7 +305,7 @@ class AMLRequest:
 
     def _parsed_form(self) -> tuple[WerkzeugMultiDict, WerkzeugMultiDict]:
         if self._form is None:
-            self._form = parse_form(self.content_type, self._body)
+            self._form = parse_form(self.content_type or "", self._body)
         return self._form
 
 
@@ -359,7 +379,8 @@ class AMLResponse:
             headers["Content-Type"] = "application/json"
         elif isinstance(message, bytes | bytearray):
             body = bytes(message)
-            headers.setdefault("Content-Type", "application/octet-stream")
+            # Flask's default for any body, bytes included; scripts set their own type.
+            headers.setdefault("Content-Type", "text/html; charset=utf-8")
         elif isinstance(message, str):
             body = message.encode()
             headers.setdefault("Content-Type", "text/html; charset=utf-8")

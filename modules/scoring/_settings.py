@@ -45,6 +45,9 @@ class ScoringSettings(BaseModel):
     # Name used by the v2 routes; derived from the model folder when not given.
     model_name: str | None = None
     model_version: str = "1"
+    # The service's name, the title of /swagger.json as Azure ML's SERVICE_NAME; for a deployed
+    # module, the module's name. None: the SERVICE_NAME variable, else the model's name.
+    service_name: str | None = None
     execution_providers: list[ProviderName] = Field(
         default_factory=lambda: ["cuda", "tensorrt", "openvino", "cpu"]
     )
@@ -72,6 +75,9 @@ class ScoringSettings(BaseModel):
     # Origins allowed to call from a browser (Azure ML's --access_control_allow_origins); "*"
     # for any. Preflights on every route are answered by the host when this is set.
     cors_origins: list[str] = Field(default_factory=list)
+    # Text and JSON answers of at least this many bytes are gzip-compressed for clients that
+    # send `Accept-Encoding: gzip`; None: never. Below about 1 KB gzip saves too little to pay for.
+    gzip_min_bytes: int | None = Field(1024, ge=0)
 
     @model_validator(mode="before")
     @classmethod

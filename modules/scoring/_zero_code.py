@@ -41,14 +41,23 @@ def find_onnx_model(model_dir: Path) -> Path:
     return found[0]
 
 
+def zero_code_model_name(path: Path) -> str:
+    """The file's stem (`resnet50.onnx` answers as `resnet50`), which names the model where the
+    folder may hold anything (`serve --model-dir ./models`); `model.onnx`, Azure ML's habitual
+    file name that names nothing, takes the name of the folder it is in instead."""
+    if path.stem.lower() != "model":
+        return path.stem
+    return path.resolve().parent.name or "model"
+
+
 class OnnxModelHandler(Handler):
     platform = "onnxruntime_onnx"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.model_path = find_onnx_model(self.settings.model_dir)
-        if self.settings.model_name is None and self.model_path.parent != self.settings.model_dir:
-            self.model_name = self.model_path.parent.name
+        if self.settings.model_name is None:
+            self.model_name = zero_code_model_name(self.model_path)
         self._batcher: DynamicBatcher | None = None
 
     def load(self) -> None:

@@ -366,6 +366,22 @@ async def test_start_fails_with_a_reason_when_nothing_listens(transports: Transp
     assert threading.active_count() == threads
 
 
+async def test_a_failed_start_can_be_retried_once_the_broker_is_up(
+    transports: TransportFactory, broker_root: Path
+):
+    """A daemon started before its broker retries start(); messages() waits meanwhile."""
+    port = free_port()
+    transport = transports(f"mqtt://127.0.0.1:{port}")
+    transport.subscribe("late/#")
+    messages = transport.messages()
+    with pytest.raises(MqttConnectError):
+        await transport.start(connect_timeout=0.5)
+    with run_mosquitto_at(broker_root, port):
+        await transport.start(connect_timeout=10)
+        await transport.publish("late/x", b"here")
+        assert await receive(messages) == [Message("late/x", b"here", False)]
+
+
 # ------------------------------------------------------------------ credentials and TLS
 
 

@@ -129,3 +129,18 @@ def test_health_and_readiness_answer_without_a_key_when_auth_is_on(serve_host) -
     assert requests.get(host.url + "/v2/models/iris", timeout=5).status_code == 401
     assert requests.post(host.url + "/v2/models/iris/infer", json={}, timeout=5).status_code == 401
     assert requests.post(host.url + "/score", json={}, timeout=5).status_code == 401
+
+
+def test_request_headers_are_named_and_joined_as_werkzeug_under_gunicorn() -> None:
+    """Scripts copy headers with dict(request.headers) and read `["X-Caller"]`: under Azure ML a
+    name comes back in title case whatever case was sent, and a repeated header is one value."""
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    from modules.scoring._raw_http import RequestHeaders
+
+    sent = CIMultiDict([("x-caller", "a"), ("X-CALLER", "b"), ("content-type", "text/plain")])
+    headers = RequestHeaders(CIMultiDictProxy(sent))
+    assert dict(headers) == {"X-Caller": "a,b", "Content-Type": "text/plain"}
+    assert list(headers) == [("X-Caller", "a,b"), ("Content-Type", "text/plain")]
+    assert headers["x-caller"] == headers.get("X-Caller") == "a,b"
+    assert headers.get("missing", "default") == "default"

@@ -36,7 +36,7 @@ def test_optional_parameter_falls_back_to_its_default(numpy_script):
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"top": 1}, "missing field 'data'"),
+        ({"top": 1}, "A value is not provided for the 'data' parameter."),
         ({"data": [[1.0, 2.0, 3.0]]}, "array has size 3 on dimension #1, while expected value is 4"),
         ({"data": [1.0, 2.0, 3.0, 4.0]}, "field 'data': Invalid input array: an array with 2"),
         ({"data": [["a", "b", "c", "d"]]}, "field 'data': could not convert string to float"),

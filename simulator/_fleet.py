@@ -1,0 +1,555 @@
+"""A fleet of real agents in one process: the simulator's Python API.
+
+Each simulated device is an `edge_agent.Agent` (the real intake, trust, selection, planner, plan
+runner, status book and reporting) with its own data folder, device id and tags. Only the two
+parts that touch the outside world are replaced: modules run in a `SimulatedRuntime`, and the
+control plane is either the in-memory broker or a real MQTT broker through the agent's own MQTT
+transport. So what a test or a rehearsal sees is what a real fleet with the same agent code
+would do, minus downloads and processes.
+
+The fleet also watches the control plane the way `modelfleet status` does (every device's
+retained report and presence), so waiting helpers judge what is published, not what an agent
+holds in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge_agent import Agent, AgentConfig
+from modules import ConfigError, ModelfleetError
+from modules.deployment import DeploymentDocument, Tombstone, sign_document
+from modules.device_state import Presence, ReportedState
+from modules.mqtt import MqttSettings, MqttTransport
+from modules.topics import FleetTopics
+from modules.transport import Message, Transport
+from simulator._memory import MemoryBroker, MemoryTransport
+from simulator._relay import LinkRelay
+from simulator._runtime import SimulatedRuntime
+from simulator._tags import TagTemplate, tags_for
+
+log = logging.getLogger("modelfleet.simulator")
+
+MEMORY = "memory"
+# Outcomes after which a device has finished with a deployment version (for now).
+SETTLED = frozenset({"applied", "failed", "not-targeted", "refused", "removed", "offline"})
+_START_BATCH = 200
+
+
+class SimulatorError(ModelfleetError):
+    """The simulated fleet could not start, or did not reach the awaited state in time."""
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """Where each device stands on one deployment version, and how long it took to get there."""
+
+    deployment: str
+    version: int
+    seconds: float
+    # device id -> the deployment's outcome at (or above) `version`, or "offline", "pending"
+    outcomes: dict[str, str]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(self.outcomes.values()))
+
+    def devices(self, outcome: str) -> list[str]:
+        return sorted(d for d, o in self.outcomes.items() if o == outcome)
+
+
+class SimulatedDevice:
+    """One device of the fleet: its agent, its simulated modules, and its faults."""
+
+    def __init__(self, fleet: Fleet, index: int, config: AgentConfig, runtime: SimulatedRuntime) -> None:
+        self.fleet = fleet
+        self.index = index
+        self.device_id = config.device_id
+        self.config = config
+        self.runtime = runtime
+        self.agent: Agent | None = None
+
+    def __repr__(self) -> str:
+        return f"<SimulatedDevice {self.device_id} {'online' if self.online else 'offline'}>"
+
+    @property
+    def tags(self) -> dict[str, Any]:
+        return dict(self.config.tags)
+
+    @property
+    def client_id(self) -> str:
+        return f"modelfleet-agent-{self.config.fleet}-{self.device_id}"
+
+    @property
+    def online(self) -> bool:
+        """Running, and its link to the broker is not cut."""
+        return self.agent is not None and not self.fleet._link_is_cut(self)
+
+    # -- faults -------------------------------------------------------------------------------
+
+    def go_offline(self) -> None:
+        """Cut the device's link: no DISCONNECT, so the broker publishes its last will; the agent
+        keeps running and serving, and reconnects by itself once the link is back."""
+        self.fleet._cut(self)
+
+    def go_online(self) -> None:
+        self.fleet._restore(self)
+
+    def fail_next_start(self, module: str, reason: str = "init() raised RuntimeError (simulated)") -> None:
+        self.runtime.fail_next_start(module, reason)
+
+    def fail_every_start(self, module: str, reason: str = "init() raised RuntimeError (simulated)") -> None:
+        self.runtime.fail_every_start(module, reason)
+
+    def crash(self, module: str, exit_code: int = 1) -> None:
+        self.runtime.crash(module, exit_code)
+
+    def make_unhealthy(self, module: str) -> None:
+        self.runtime.make_unhealthy(module)
+
+    def heal(self, module: str | None = None) -> None:
+        self.runtime.heal(module)
+
+    async def restart_agent(self) -> None:
+        """Stop the agent cleanly and start a new one on the same data folder, as a reboot does."""
+        if self.agent is not None:
+            await self.agent.stop()
+            self.agent = None
+        await self.fleet._start_agent(self)
+
+    # -- what the control plane says about it -------------------------------------------------
+
+    @property
+    def report(self) -> ReportedState | None:
+        return self.fleet.report(self.device_id)
+
+
+class Fleet:
+    """`size` simulated devices on one event loop; an async context manager.
+
+    `hub`: `"memory"` (an in-process broker, `fleet.broker`) or an `mqtt://`/`mqtts://` URL of a
+    real broker (Mosquitto, the embedded hub). `trust`: publisher public keys (PEM files) every
+    device trusts. `tags`: a mapping (values may be `spread(...)` or `share(...)`) or a function
+    of the device index. `ids`: a format string with `{i}`. `links`: route each device through a
+    cuttable relay so `go_offline` and `broker_down` work against a real broker (default on for
+    a real broker; off costs nothing and is what a benchmark wants). `agent_settings`: further
+    `AgentConfig` fields for every device (MQTT credentials, retry timings, ...).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        *,
+        trust: Sequence[Path | str],
+        hub: str = MEMORY,
+        fleet: str = "sim",
+        tags: TagTemplate | None = None,
+        ids: str = "sim-{i:04d}",
+        root: Path | None = None,
+        heartbeat_s: float = 30.0,
+        start_delay_s: float = 0.0,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        links: bool | None = None,
+        broker: MemoryBroker | None = None,
+        agent_settings: Mapping[str, Any] | None = None,
+        connect_timeout_s: float = 60.0,
+    ) -> None:
+        if size < 0:
+            raise ConfigError("a fleet has 0 or more devices")
+        if not trust:
+            raise ConfigError("a simulated fleet needs at least one trusted publisher key (trust=[pem])")
+        self.size = size
+        self.hub = hub
+        self.memory = hub == MEMORY
+        if not self.memory and urlsplit(hub).scheme not in ("mqtt", "mqtts"):
+            raise ConfigError(f"hub must be 'memory' or an mqtt:// or mqtts:// URL, got {hub!r}")
+        self.topics = FleetTopics(fleet)
+        self.trust = [Path(p) for p in trust]
+        self.tags = tags
+        self.ids = ids
+        self.heartbeat_s = heartbeat_s
+        self.start_delay_s = start_delay_s
+        self.providers = tuple(providers)
+        self.links = (not self.memory) if links is None else links
+        if self.links and self.memory:
+            self.links = False  # the in-memory broker cuts links itself
+        self.agent_settings = dict(agent_settings or {})
+        self.connect_timeout_s = connect_timeout_s
+        self.broker: MemoryBroker | None = (broker or MemoryBroker()) if self.memory else None
+        self._own_root = root is None
+        self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="modelfleet-sim-"))
+        self._relay: LinkRelay | None = None
+        self.devices: list[SimulatedDevice] = []
+        self._by_id: dict[str, SimulatedDevice] = {}
+        self._observer: Transport | None = None
+        self._observer_task: asyncio.Task[None] | None = None
+        self._raw_reports: dict[str, bytes] = {}
+        self._reports: dict[str, ReportedState] = {}
+        self._presence: dict[str, bool] = {}
+        self._changed = asyncio.Event()
+        self.reports_seen = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Fleet:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Watch the control plane, then start every device (in batches) and wait until each is
+        connected."""
+        try:
+            await self._start_observer()
+            if self.links:
+                parts = urlsplit(self.hub)
+                self._relay = LinkRelay(
+                    parts.hostname or "127.0.0.1", parts.port or 1883, scheme=parts.scheme
+                )
+            await self.add(self.size)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def add(self, count: int) -> list[SimulatedDevice]:
+        """Devices join (e.g. late joiners of a rollout): they get the retained deployments at once."""
+        first = len(self.devices)
+        new = [self._make_device(i) for i in range(first, first + count)]
+        for device in new:
+            self.devices.append(device)
+            self._by_id[device.device_id] = device
+        for at in range(0, len(new), _START_BATCH):
+            await asyncio.gather(*(self._start_agent(d) for d in new[at : at + _START_BATCH]))
+        await self._wait_connected(new)
+        await self._wait_reported(new)
+        return new
+
+    def _make_device(self, index: int) -> SimulatedDevice:
+        device_id = self.ids.format(i=index)
+        settings = {
+            "status_port": 0,  # no HTTP listener per simulated device
+            "heartbeat_s": self.heartbeat_s,
+            "retry_base_s": 0.5,
+            "retry_max_s": 10.0,
+            **self.agent_settings,
+        }
+        try:
+            config = AgentConfig(
+                device_id=device_id,
+                fleet=self.topics.fleet,
+                tags=tags_for(self.tags, index),
+                hub=self.hub if not self.memory else "mqtt://127.0.0.1:1",
+                trust=self.trust,
+                data_dir=self.root / "devices" / device_id,
+                **settings,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"device {device_id!r}: {exc}") from None
+        runtime = SimulatedRuntime(providers=self.providers, start_delay_s=self.start_delay_s)
+        return SimulatedDevice(self, index, config, runtime)
+
+    async def _start_agent(self, device: SimulatedDevice) -> None:
+        transport: Transport | None = None
+        if self.memory:
+            assert self.broker is not None
+            will = Presence(device_id=device.device_id, online=False).model_dump_json().encode()
+            transport = MemoryTransport(
+                self.broker, device.client_id, will=(self.topics.status(device.device_id), will, True)
+            )
+        elif self._relay is not None:
+            url = await self._relay.open(device.device_id)
+            device.config = device.config.model_copy(update={"hub": url})
+        agent = Agent(device.config, transport=transport, runtime=device.runtime)
+        await agent.start()
+        device.agent = agent
+
+    async def _wait_connected(self, devices: Iterable[SimulatedDevice]) -> None:
+        waiting = [d for d in devices if d.agent is not None and d.online]
+        results = await asyncio.gather(
+            *(d.agent.transport.wait_connected(self.connect_timeout_s) for d in waiting if d.agent)
+        )
+        missing = [d.device_id for d, ok in zip(waiting, results, strict=True) if not ok]
+        if missing:
+            raise SimulatorError(
+                f"{len(missing)} simulated devices did not connect to {self.hub} within "
+                f"{self.connect_timeout_s:g} s (e.g. {', '.join(missing[:3])})"
+            )
+
+    async def _wait_reported(self, devices: list[SimulatedDevice]) -> None:
+        """Until the broker holds a report of each device: before that, a publisher watching a
+        rollout would count the fleet as smaller than it is."""
+        online = [d for d in devices if d.online]
+        try:
+            await self.wait_for(
+                lambda: all(d.device_id in self._raw_reports for d in online),
+                timeout=self.connect_timeout_s,
+                what="a first report from every device",
+            )
+        except SimulatorError:
+            missing = [d.device_id for d in online if d.device_id not in self._raw_reports]
+            raise SimulatorError(
+                f"{len(missing)} simulated devices published no report within {self.connect_timeout_s:g} s "
+                f"(e.g. {', '.join(missing[:3])})"
+            ) from None
+
+    async def stop(self) -> None:
+        running = [d.agent for d in self.devices if d.agent is not None]
+        for at in range(0, len(running), _START_BATCH):
+            await asyncio.gather(*(a.stop() for a in running[at : at + _START_BATCH]), return_exceptions=True)
+        for device in self.devices:
+            device.agent = None
+        if self._observer_task is not None:
+            self._observer_task.cancel()
+            await asyncio.gather(self._observer_task, return_exceptions=True)
+            self._observer_task = None
+        if self._observer is not None:
+            await self._observer.stop()
+            self._observer = None
+        if self._relay is not None:
+            await self._relay.close()
+            self._relay = None
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    # -- devices ------------------------------------------------------------------------------
+
+    def device(self, which: int | str) -> SimulatedDevice:
+        """By index or device id."""
+        if isinstance(which, int):
+            return self.devices[which]
+        try:
+            return self._by_id[which]
+        except KeyError:
+            raise KeyError(f"no simulated device {which!r}") from None
+
+    def __len__(self) -> int:
+        return len(self.devices)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.devices)
+
+    def where(self, predicate: Callable[[SimulatedDevice], bool]) -> list[SimulatedDevice]:
+        return [d for d in self.devices if predicate(d)]
+
+    # -- faults of the whole control plane ------------------------------------------------------
+
+    def broker_down(self, *, forget_retained: bool = True) -> None:
+        """The broker drops out for every device. In memory it stops (and, as Mosquitto without
+        persistence, comes back empty unless `forget_retained=False`); against a real broker
+        every device's link is cut (the broker itself keeps running and keeps its messages)."""
+        if self.broker is not None:
+            self.broker.go_down(forget_retained=forget_retained)
+        elif self._relay is not None:
+            self._relay.cut_all()
+        else:
+            raise SimulatorError("broker_down against a real broker needs the fleet's links (links=True)")
+
+    def broker_up(self) -> None:
+        if self.broker is not None:
+            self.broker.come_up()
+        elif self._relay is not None:
+            self._relay.restore_all()
+
+    def _cut(self, device: SimulatedDevice) -> None:
+        if self.broker is not None:
+            self.broker.cut(device.client_id)
+        elif self._relay is not None:
+            self._relay.cut(device.device_id)
+        else:
+            raise SimulatorError("go_offline against a real broker needs the fleet's links (links=True)")
+
+    def _restore(self, device: SimulatedDevice) -> None:
+        if self.broker is not None:
+            self.broker.restore(device.client_id)
+        elif self._relay is not None:
+            self._relay.restore(device.device_id)
+
+    def _link_is_cut(self, device: SimulatedDevice) -> bool:
+        if self.broker is not None:
+            return self.broker.is_cut(device.client_id) or not self.broker.up
+        if self._relay is not None:
+            try:
+                return self._relay.is_cut(device.device_id)
+            except KeyError:
+                return False
+        return False
+
+    # -- the publisher's side -----------------------------------------------------------------
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = True) -> None:
+        assert self._observer is not None, "the fleet is not started"
+        await self._observer.publish(topic, payload, retain=retain, timeout=10)
+
+    async def deploy(
+        self, doc: DeploymentDocument | Tombstone, key: Ed25519PrivateKey
+    ) -> DeploymentDocument | Tombstone:
+        """Sign `doc` and publish it retained where agents look for it (a fleet deployment, or a
+        device's override when `doc.device` is set); returns the signed document."""
+        signed = sign_document(doc, key)
+        topic = self.topics.desired(doc.device) if doc.device else self.topics.deployment(doc.name)
+        await self.publish(topic, json.dumps(signed.to_json_dict(), separators=(",", ":")).encode())
+        return signed
+
+    # -- watching the control plane -----------------------------------------------------------
+
+    async def _start_observer(self) -> None:
+        client_id = f"modelfleet-simulator-{self.topics.fleet}-{os.urandom(3).hex()}"
+        if self.memory:
+            assert self.broker is not None
+            observer: Transport = MemoryTransport(self.broker, client_id)
+        else:
+            s = self.agent_settings
+            observer = MqttTransport(
+                MqttSettings(
+                    url=self.hub,
+                    client_id=client_id,
+                    username=s.get("mqtt_username"),
+                    password=s.get("mqtt_password"),
+                    tls_ca_file=s.get("mqtt_tls_ca_file"),
+                    tls_cert_file=s.get("mqtt_tls_cert_file"),
+                    tls_key_file=s.get("mqtt_tls_key_file"),
+                ),
+                queue_size=1_000_000,
+            )
+        observer.subscribe(self.topics.all_reported)
+        observer.subscribe(self.topics.all_status)
+        self._observer = observer
+        self._observer_task = asyncio.get_running_loop().create_task(self._observe(), name="sim-observer")
+        try:
+            await observer.start(connect_timeout=self.connect_timeout_s)
+        except ModelfleetError as exc:
+            raise SimulatorError(f"cannot reach the broker at {self.hub}: {exc}") from None
+
+    async def _observe(self) -> None:
+        assert self._observer is not None
+        async for message in self._observer.messages():
+            self._on_message(message)
+
+    def _on_message(self, message: Message) -> None:
+        parsed = self.topics.parse_device_topic(message.topic)
+        if parsed is None:
+            return
+        device_id, rest = parsed
+        if rest == "reported":
+            self.reports_seen += 1
+            self._raw_reports[device_id] = message.payload
+            self._reports.pop(device_id, None)
+        elif rest == "status":
+            try:
+                self._presence[device_id] = bool(json.loads(message.payload).get("online"))
+            except (ValueError, AttributeError):
+                self._presence.pop(device_id, None)
+        else:
+            return
+        self._changed.set()
+
+    def report(self, device_id: str) -> ReportedState | None:
+        """The device's last report as published on the broker (None: none seen, or unreadable)."""
+        cached = self._reports.get(device_id)
+        if cached is not None:
+            return cached
+        raw = self._raw_reports.get(device_id)
+        if not raw:
+            return None
+        try:
+            report = ReportedState.model_validate_json(raw)
+        except ValueError:
+            return None
+        self._reports[device_id] = report
+        return report
+
+    def presence(self, device_id: str) -> bool | None:
+        """Online according to the broker (the device's status topic, last will included)."""
+        return self._presence.get(device_id)
+
+    def outcome(self, device_id: str, deployment: str, version: int) -> str:
+        """The device's verdict on `deployment` at `version` or later, as published; "offline"
+        when its link is cut or its agent stopped, "pending" before it has one."""
+        device = self._by_id.get(device_id)
+        if device is not None and not device.online:
+            return "offline"
+        report = self.report(device_id)
+        seen = report.deployments.get(deployment) if report is not None else None
+        if seen is None or seen.version < version:
+            return "pending"
+        return seen.outcome
+
+    def outcomes(
+        self, deployment: str, version: int, devices: Iterable[SimulatedDevice | str] | None = None
+    ) -> dict[str, str]:
+        ids = [d.device_id if isinstance(d, SimulatedDevice) else d for d in (devices or self.devices)]
+        return {device_id: self.outcome(device_id, deployment, version) for device_id in ids}
+
+    async def changed(self, timeout: float) -> None:
+        """Until the next report or presence change (or `timeout`)."""
+        self._changed.clear()
+        await self._wait_changed(timeout)
+
+    async def _wait_changed(self, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
+        except TimeoutError:
+            pass
+
+    async def wait_for(self, predicate: Callable[[], Any], *, timeout: float = 60.0, what: str = "") -> Any:
+        """`predicate()`'s first truthy value, re-checked after every change seen on the broker."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            self._changed.clear()  # before the check: a change during it is not missed
+            value = predicate()
+            if value:
+                return value
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise SimulatorError(f"timed out after {timeout:g} s waiting for {what or predicate!r}")
+            await self._wait_changed(min(remaining, 1.0))
+            await asyncio.sleep(0.02)  # a burst of reports is judged once
+
+    async def converged(
+        self,
+        deployment: str,
+        version: int,
+        *,
+        devices: Iterable[SimulatedDevice | str] | None = None,
+        timeout: float = 60.0,
+    ) -> Convergence:
+        """Wait until every device (or those given) has settled on `deployment` at `version` or
+        later: applied, failed, not targeted (outside the condition or the rollout step),
+        refused, removed, or offline. Returns each device's outcome; tests assert on them."""
+        chosen = list(devices) if devices is not None else list(self.devices)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+
+        def settled() -> dict[str, str] | None:
+            outcomes = self.outcomes(deployment, version, chosen)
+            return outcomes if all(o in SETTLED for o in outcomes.values()) else None
+
+        try:
+            outcomes = await self.wait_for(settled, timeout=timeout, what=f"{deployment} v{version}")
+        except SimulatorError:
+            counts = Counter(self.outcomes(deployment, version, chosen).values())
+            raise SimulatorError(
+                f"{deployment} version {version} did not settle on {len(chosen)} devices within "
+                f"{timeout:g} s: {dict(counts)}"
+            ) from None
+        return Convergence(deployment, version, loop.time() - began, outcomes)

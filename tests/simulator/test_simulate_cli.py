@@ -1,0 +1,97 @@
+"""`modelfleet simulate`: a fleet in its own process that other clients of the broker act on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modules.deployment import sign_document
+from modules.device_state import ReportedState
+from modules.mqtt import MqttSettings, MqttTransport
+from modules.topics import FleetTopics
+from tests._services import Service
+from tests.simulator._documents import KEY, document, trust_file
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.mark.services
+async def test_a_simulated_fleet_in_its_own_process_applies_what_is_published(
+    tmp_path: Path, mosquitto: Service
+) -> None:
+    fleet = f"simcli{os.urandom(3).hex()}"
+    topics = FleetTopics(fleet)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "modules.cli", "simulate", "--devices", "4", "--hub", mosquitto.url,
+        "--fleet", fleet, "--trust", str(trust_file(tmp_path)), "--fail-start", "scorer:50",
+        "--spread", "site=a,b", "--json", "--progress", "0.5",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    reports: dict[str, ReportedState] = {}
+    observer = MqttTransport(MqttSettings(url=mosquitto.url, client_id=f"test-{fleet}"))
+    observer.subscribe(topics.all_reported)
+
+    async def watch() -> None:
+        async for message in observer.messages():
+            if message.payload:
+                report = ReportedState.model_validate_json(message.payload)
+                reports[report.device_id] = report
+
+    async def until(predicate, what: str) -> None:  # type: ignore[no-untyped-def]
+        for _ in range(600):
+            if predicate():
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await observer.start()
+        await until(lambda: len(reports) == 4, "four simulated devices reporting")
+        assert {r.tags["site"] for r in reports.values()} == {"a", "b"}
+        signed = sign_document(document(1, fleet=fleet), KEY)
+        await observer.publish(
+            topics.deployment("iris"), json.dumps(signed.to_json_dict()).encode(), retain=True
+        )
+
+        def settled() -> bool:
+            seen = [r.deployments.get("iris") for r in reports.values()]
+            return all(s is not None and s.outcome in ("applied", "failed") for s in seen)
+
+        await until(settled, "every device to settle on the deployment")
+        outcomes = sorted((d, r.deployments["iris"].outcome) for d, r in reports.items())
+        assert outcomes == [
+            ("sim-0000", "applied"), ("sim-0001", "failed"), ("sim-0002", "applied"), ("sim-0003", "failed")
+        ]  # fmt: skip
+    finally:
+        watcher.cancel()
+        await observer.stop()
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    summary = json.loads(out)
+    assert sorted(summary["devices"]) == ["sim-0000", "sim-0001", "sim-0002", "sim-0003"]
+    assert all(d["online"] for d in summary["devices"].values())
+    assert b"4/4 devices online" in err
+
+
+def test_an_in_memory_hub_is_refused_with_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "modules.cli", "simulate", "--devices", "2", "--hub", "memory",
+         "--trust", str(trust_file(tmp_path))],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "modelfleet: error: --hub must be a real broker (other commands cannot reach an in-memory one)"
+    ]
