@@ -20,6 +20,7 @@ HELP: dict[str, str] = {
     "key": "show the workspace's public signing key",
     "model": "register, list, show, download and delete models",
     "module": "package models with their entry script as modules",
+    "image": "module container images and their Debian base image",
     "deploy": "publish, update, roll out and delete signed deployments",
     "status": "the fleet: devices, deployments, module health",
     "device": "one device: show, logs, restart a module, ping",

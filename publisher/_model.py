@@ -69,10 +69,44 @@ def _matches(tags: Mapping[str, str], filters: list[tuple[str, str | None]]) -> 
     return all(k in tags and (v is None or tags[k] == v) for k, v in filters)
 
 
+class _Framework:
+    """Azure ML's `Model.Framework` names; a registered framework is stored lower-cased."""
+
+    CUSTOM = "Custom"
+    MULTI = "Multi"
+    ONNX = "Onnx"
+    PYTORCH = "PyTorch"
+    SCIKITLEARN = "ScikitLearn"
+    TENSORFLOW = "TensorFlow"
+
+
 class Model:
     """One registered model version."""
 
-    def __init__(self, workspace: Workspace, name: str, version: int | None = None) -> None:
+    Framework = _Framework
+
+    def __init__(
+        self,
+        workspace: Workspace,
+        name: str | None = None,
+        id: str | None = None,
+        *,
+        version: int | None = None,
+    ) -> None:
+        """`Model(ws, "iris")`, `Model(ws, "iris", version=2)` or `Model(ws, id="iris:2")`, as in
+        Azure ML, whose third positional parameter is `id`: version is keyword-only so that an old
+        `Model(ws, "iris", 2)` fails loudly instead of meaning something else."""
+        if id is not None and not isinstance(id, str):
+            raise TypeError("Model()'s third argument is Azure ML's id, 'NAME:VERSION'; pass version=N")
+        if id is not None:
+            id_name, sep, id_version = id.partition(":")
+            if name not in (None, id_name) or not sep or not id_version.isdigit():
+                raise ModelfleetError(f"model id {id!r} is not NAME:VERSION (of model {name or id_name!r})")
+            if version not in (None, int(id_version)):
+                raise ModelfleetError(f"model id {id!r} and version={version} disagree")
+            name, version = id_name, int(id_version)
+        if name is None:
+            raise ModelfleetError("Model() needs a name or an id")
         loaded = asyncio.run(Model.get_async(workspace, name, version))
         self.__dict__.update(loaded.__dict__)
 
@@ -124,8 +158,18 @@ class Model:
         description: str | None = None,
         framework: str | None = None,
         version: int | None = None,
+        model_framework: str | None = None,
+        model_framework_version: str | None = None,
     ) -> Model:
+        """`model_framework`/`model_framework_version` are Azure ML's spelling: the framework is
+        stored lower-cased, its version as the `model_framework_version` property."""
         check_name(model_name, "model")
+        if framework is not None and model_framework is not None:
+            raise ModelfleetError("give framework or model_framework, not both")
+        framework = framework or (model_framework.lower() if model_framework else None)
+        properties = dict(properties or {})
+        if model_framework_version is not None:
+            properties["model_framework_version"] = str(model_framework_version)
         path = Path(model_path).expanduser()
         sources = _collect_files(path)
         files: list[ModelFile] = []

@@ -14,11 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from modules import InvalidPackageError
-from modules.artifact import module_manifest
+from modules.artifact import ModuleManifest, module_manifest
 from modules.model_config import MODEL_REPOSITORY_PREFIX
 from modules.oci import RegistryClient, TransferStats
 from modules.oci import media_types as mt
-from modules.spec import MODULE_REPOSITORY_PREFIX, ExecutionProvider, ModelRef, ModuleSpec
+from modules.spec import (
+    MODULE_REPOSITORY_PREFIX,
+    ExecutionProvider,
+    HealthProbe,
+    ModelRef,
+    ModuleSpec,
+    Resources,
+    Scoring,
+)
 from publisher._model import Model
 from publisher._package import (
     build_code_layer,
@@ -55,6 +63,7 @@ class Module:
         self.spec = spec
         self.digest = digest
         self.stats = stats
+        self.notes: list[str] = []  # what packaging left out or could not honour, one line each
         return self
 
     name = property(lambda self: self.spec.name)
@@ -97,17 +106,23 @@ class Module:
         providers: Sequence[ExecutionProvider] | None = None,
         description: str | None = None,
         version: int | None = None,
+        resources: Resources | None = None,
+        scoring: Scoring | None = None,
+        health_probe: HealthProbe | None = None,
     ) -> Module:
+        """`resources`, `scoring` and `health_probe` go into the spec, where agents enforce them
+        (an Azure ML deployment configuration's cpu/memory, timeout and probe settings land here)."""
         check_name(name, "module")
         if not models:
             raise InvalidPackageError("a module needs at least one model (-m NAME[:VERSION])")
         if requirements is not None and conda_file is not None:
             raise InvalidPackageError("give either a requirements file or a conda file, not both")
         entry = resolve_entry_script(entry_script, source_dir)
+        notes: list[str] = []
         pip = (
-            read_requirements(requirements)
+            read_requirements(requirements, notes)
             if requirements is not None
-            else read_conda_pip_section(conda_file)
+            else read_conda_pip_section(conda_file, notes)
             if conda_file is not None
             else []
         )
@@ -134,19 +149,52 @@ class Module:
                 models=refs,
                 sample_input=sample,
                 execution_providers=list(providers or ["cpu"]),
+                resources=resources or Resources(),
+                scoring=scoring or Scoring(),
+                health_probe=health_probe or HealthProbe(),
                 created=datetime.now(UTC).replace(microsecond=0),
             )
-            for ref in refs:
-                for f in ref.files:
-                    await _ensure_model_blob(client, repository, ref.name, f.digest, f.size)
-            if code_layer is not None:
-                await client.push_blob(repository, code_layer)
-            config_blob = spec.model_dump_json().encode()
-            await client.push_blob(repository, config_blob)
-            body = module_manifest(spec, config_blob, code_layer)
-            digest = await client.put_manifest(repository, str(spec.version), body, mt.OCI_MANIFEST)
-            stats = client.stats
-        return cls._from_spec(workspace, spec, digest, stats)
+            module = await _push(workspace, client, spec, code_layer)
+        module.notes = notes
+        return module
+
+    @classmethod
+    def repackage(
+        cls, workspace: Workspace, base: Module, models: Sequence[str | Model], **changes: Any
+    ) -> Module:
+        return asyncio.run(cls.repackage_async(workspace, base, models, **changes))
+
+    @classmethod
+    async def repackage_async(
+        cls, workspace: Workspace, base: Module, models: Sequence[str | Model], **changes: Any
+    ) -> Module:
+        """The next version of `base` serving `models`, with everything else as it was: the same
+        code layer (so the same entry script, byte for byte, even where the files on this machine
+        changed or are gone), requirements, providers, resources and probe. This is how an
+        attached service's `update(models=...)` keeps its inference configuration, as Azure ML's
+        does. `changes` are other `ModuleSpec` fields to set (resources, scoring, ...)."""
+        async with workspace.registry_client() as client:
+            manifest = ModuleManifest.model_validate(
+                (await client.get_manifest(base.repository, base.digest)).json()
+            )
+            code_layer = None
+            if manifest.code_layers:
+                layer = manifest.code_layers[0]
+                code_layer = await client.get_blob(base.repository, layer.digest, max_bytes=layer.size)
+            refs = [await _model_ref(workspace, client, m) for m in models]
+            names = [r.name for r in refs]
+            if len(set(names)) != len(names):
+                raise InvalidPackageError(f"a model appears twice in the module: {', '.join(names)}")
+            spec = base.spec.model_copy(
+                update={
+                    **changes,
+                    "version": await next_version(client, base.repository, None),
+                    "models": refs,
+                    "created": datetime.now(UTC).replace(microsecond=0),
+                }
+            )
+            spec = ModuleSpec.model_validate(spec.model_dump())
+            return await _push(workspace, client, spec, code_layer)
 
     # -- read ---------------------------------------------------------------------------------
 
@@ -177,6 +225,22 @@ class Module:
         async with workspace.registry_client() as client:
             wanted = await named_versions(client, MODULE_REPOSITORY_PREFIX, name, "module", latest)
             return await gather_limited([cls.from_registry(workspace, client, n, v) for n, v in wanted])
+
+
+async def _push(
+    workspace: Workspace, client: RegistryClient, spec: ModuleSpec, code_layer: bytes | None
+) -> Module:
+    repository = MODULE_REPOSITORY_PREFIX + spec.name
+    for ref in spec.models:
+        for f in ref.files:
+            await _ensure_model_blob(client, repository, ref.name, f.digest, f.size)
+    if code_layer is not None:
+        await client.push_blob(repository, code_layer)
+    config_blob = spec.model_dump_json().encode()
+    await client.push_blob(repository, config_blob)
+    body = module_manifest(spec, config_blob, code_layer)
+    digest = await client.put_manifest(repository, str(spec.version), body, mt.OCI_MANIFEST)
+    return Module._from_spec(workspace, spec, digest, client.stats)
 
 
 async def _model_ref(workspace: Workspace, client: RegistryClient, model: str | Model) -> ModelRef:

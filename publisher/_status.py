@@ -59,11 +59,31 @@ def owned_modules(report: ReportedState, deployment: str) -> list[ModuleState]:
     return [m for m in report.modules.values() if m.deployment == deployment]
 
 
+def _modules_of_version(doc: DeploymentDocument, report: ReportedState) -> list[ModuleState]:
+    """The device's entries for the modules this version of the document wants: a stale entry
+    (a module an earlier version had, or a failed one no longer wanted) must not decide the
+    verdict on this version."""
+    wanted = doc.content.modules
+    out = []
+    for module in owned_modules(report, doc.name):
+        spec = wanted.get(module.name)
+        if spec is None:
+            continue
+        digest = getattr(getattr(spec, "settings", None), "digest", None)
+        if digest is not None and module.digest is not None and module.digest != digest:
+            continue  # an older version: still serving while this one comes up, or a stale entry
+        out.append(module)
+    return out
+
+
 def stage_of(doc: DeploymentDocument, report: ReportedState, online: bool) -> tuple[Stage, str | None]:
-    if not online:
-        return "offline", None
     seen = report.deployments.get(doc.name)
-    modules = owned_modules(report, doc.name)
+    if not online:
+        if seen is not None and seen.version >= doc.version:
+            # It had this version and went away: not healthy, whatever it said last.
+            return "failed", f"went offline after receiving version {doc.version}"
+        return "offline", None
+    modules = _modules_of_version(doc, report)
     if seen is not None and seen.version >= doc.version:
         if seen.outcome == "failed":
             return "failed", seen.reason

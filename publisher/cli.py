@@ -110,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     pkg.add_argument("--provider", help="execution provider preference, e.g. cuda,cpu")
     pkg.add_argument("--description")
     pkg.add_argument("--version", type=int, help="explicit version (must not exist yet)")
+    pkg.add_argument("--image", action="store_true", help="also build and push images/<name>:<version>")
+    pkg.add_argument(
+        "--base-image", metavar="REF", help="with --image: base (default bases/modelfleet-python)"
+    )
+    pkg.add_argument("--platform", help="with --image: os/arch (default: this machine's)")
     mlist = dsub.add_parser("list", parents=[common, as_json], help="list modules")
     mlist.add_argument("-n", "--name")
     mlist.add_argument("--latest", action="store_true")
@@ -336,7 +341,7 @@ def _cmd_model(args: argparse.Namespace) -> int:
         return 0
     if args.action == "show":
         name, version = parse_ref(args.ref, "model")
-        model = Model(ws, name, version)
+        model = Model(ws, name, version=version)
         if args.json:
             print_json(model.serialize())
         else:
@@ -344,7 +349,7 @@ def _cmd_model(args: argparse.Namespace) -> int:
         return 0
     if args.action == "download":
         name, version = parse_ref(args.ref, "model")
-        model = Model(ws, name, version)
+        model = Model(ws, name, version=version)
         target = model.download(args.output, exist_ok=args.overwrite)
         print(f"downloaded {model.id} ({len(model.files)} files) to {target}")
         return 0
@@ -352,7 +357,7 @@ def _cmd_model(args: argparse.Namespace) -> int:
         name, version = parse_ref(args.ref, "model")
         if version is None:
             raise ConfigError("model delete needs an explicit version: NAME:VERSION")
-        model = Model(ws, name, version)
+        model = Model(ws, name, version=version)
         model.delete()
         print(f"deleted {model.id}")
         return 0
@@ -407,9 +412,16 @@ def _cmd_module(args: argparse.Namespace) -> int:
             description=args.description,
             version=args.version,
         )
+        image = None
+        if args.image:  # docs/images.md
+            from publisher._image import build_module_image
+
+            image = build_module_image(ws, module, base_image=args.base_image, platform=args.platform)
         if args.json:
             out = module.serialize()
             out["transfer"] = vars(module.stats)
+            if image is not None:
+                out["image"] = image.serialize()
             print_json(out)
         else:
             s = module.stats
@@ -419,6 +431,8 @@ def _cmd_module(args: argparse.Namespace) -> int:
                 f"uploaded {size(s.bytes_uploaded)} in {s.blobs_uploaded} blobs; "
                 f"re-used {reused} already in the registry"
             )
+            if image is not None:
+                print(image.summary())
         return 0
     if args.action == "list":
         modules = Module.list(ws, name=args.name, latest=args.latest)

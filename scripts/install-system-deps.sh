@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The real services the tests run against: Mosquitto, the Distribution registry, skopeo; and
-# iproute2 (ip, tc), with which the network-fault tests make their own hosts.
+# The real services the tests run against: Mosquitto, the Distribution registry, skopeo, the
+# Docker engine (docker.io: the tests start their own dockerd); debootstrap, which builds the
+# module images' base; and iproute2 (ip, tc), with which the network-fault tests make their own hosts.
 # Installs only what is missing; needs root (or sudo) for apt-get.
 set -euo pipefail
 
@@ -9,6 +10,8 @@ declare -A wanted=(
   [docker-registry]=/usr/bin/docker-registry
   [skopeo]=/usr/bin/skopeo
   [iproute2]=/usr/sbin/tc
+  [docker.io]=/usr/sbin/dockerd
+  [debootstrap]=/usr/sbin/debootstrap
 )
 missing=()
 for pkg in "${!wanted[@]}"; do
@@ -31,6 +34,6 @@ echo "installing system packages: ${missing[*]}"
 $sudo apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # apt starts some services on install; the tests start their own on free loopback ports.
-for svc in mosquitto docker-registry; do
+for svc in mosquitto docker-registry docker containerd; do
   $sudo systemctl disable --now "$svc" >/dev/null 2>&1 || true
 done
