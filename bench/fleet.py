@@ -244,12 +244,10 @@ async def timed_round(
 
 # label -> (file the function is in, function name, only when called from a file ending so)
 PROFILE_BUCKETS: dict[str, tuple[str, str, str | None]] = {
-    "state file rewrites (StateFile.save)": ("_state.py", "save", None),
-    "  of which fsync (file + folder)": ("~", "<built-in method posix.fsync>", "atomic_file.py"),
-    "  of which json.dumps(indent=1)": ("json/__init__.py", "dumps", "_state.py"),
-    "  of which model_dump of the whole state": ("main.py", "model_dump", "_state.py"),
-    "stored documents re-validated (Agent._documents)": ("_agent.py", "_documents", None),
-    "intake: parse + verify + validate (Intake.evaluate)": ("_intake.py", "evaluate", None),
+    "state snapshots on the loop (StateFile.snapshot)": ("_state.py", "snapshot", None),
+    "stored documents (Agent._documents)": ("_agent.py", "_documents", None),
+    "intake (Intake.evaluate)": ("_intake.py", "evaluate", None),
+    "  of which parse + verify + validate, once per process": ("_intake.py", "_check_now", None),
     "selection (select_deployments)": ("_selection.py", "select_deployments", None),
     "report built (Agent.reported_state)": ("_agent.py", "reported_state", None),
     "device facts per report (device_info)": ("_device_info.py", "device_info", None),
@@ -282,8 +280,9 @@ def profile_report(profiler: cProfile.Profile, wall: float, size: int) -> list[s
 
 
 def probe_cost() -> float:
-    """What the real executor's provider probe costs one agent start: a fresh interpreter
-    importing onnxruntime (the simulator's runtime answers from its profile instead)."""
+    """What the real executor's provider probe costs, once per process (the agents of one process
+    share its answer): a fresh interpreter importing onnxruntime (the simulator's runtime answers
+    from its profile instead)."""
     code = "import json, onnxruntime as o; print(json.dumps(o.get_available_providers()))"
     began = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], capture_output=True, check=False, timeout=60)
@@ -334,12 +333,16 @@ async def bench(
     if no_state_writes:
         for device in fleet.devices:
             assert device.agent is not None
-            device.agent.state_file.save = lambda _state: None  # type: ignore[method-assign]
+            device.agent.state_file.write = lambda _generation, _data: True  # type: ignore[method-assign]
+
+    def state_writes() -> int:
+        return sum(d.agent.state_file.writes for d in fleet.devices if d.agent is not None)
 
     floor_times: list[float] = []
     agent_times: list[float] = []
     lag = 0.0
     cpu_agents = 0.0
+    writes_before = state_writes()
     try:
         for run in range(runs):
             version = run + 1
@@ -377,6 +380,7 @@ async def bench(
                 file=sys.stderr,
                 flush=True,
             )
+        writes_per_agent_run = (state_writes() - writes_before) / runs / size
         profile_rows: list[str] = []
         if profile:
             version = runs + 1
@@ -425,6 +429,7 @@ async def bench(
         "tasks_per_agent": tasks_per_agent,
         "idle_cpu_ms_per_agent_s": idle_cpu_per_agent * 1000,
         "state_file_bytes": statistics.median(state_sizes) if state_sizes else 0,
+        "state_writes_per_agent_run": writes_per_agent_run,
         "profile": profile_rows,
     }
 
@@ -455,7 +460,8 @@ async def main_async(args: argparse.Namespace) -> int:
                 f"RSS {result['rss_per_agent_kib']:.0f} KiB/agent  "
                 f"loop held up to {result['worst_loop_hold_ms']:.0f} ms  "
                 f"CPU {result['cpu_s_per_agents_run']:.2f} s per agents' run  "
-                f"state.json {result['state_file_bytes']:.0f} B",
+                f"state.json {result['state_file_bytes']:.0f} B, "
+                f"written {result['state_writes_per_agent_run']:.1f}x per agent and run (off the loop)",
                 flush=True,
             )
             print(
@@ -469,7 +475,7 @@ async def main_async(args: argparse.Namespace) -> int:
             probes = [probe_cost() for _ in range(3)]
             print(
                 f"provider probe of the real executor (fresh interpreter importing onnxruntime): "
-                f"median {statistics.median(probes):.2f} s per agent start (3 probes)"
+                f"median {statistics.median(probes):.2f} s, once per process (3 probes)"
             )
     finally:
         if mosquitto is not None:
@@ -492,7 +498,7 @@ def main() -> int:
         "--what-if-no-state-writes",
         action="store_true",
         help="an experiment, not the agent: each agent's state file writes replaced by nothing "
-        "(the most that coalescing them could win)",
+        "(what the disk work still costs)",
     )
     args = parser.parse_args()
     return asyncio.run(main_async(args))

@@ -10,6 +10,19 @@ defaults build the real ones, so the same decisions run against Mosquitto and re
 simulated fleet, or the fakes of a unit test. The agent keeps serving what it last applied
 whatever happens upstream: a broker that is down, a registry that is unreachable, a document that
 is refused.
+
+Persisted state (`state.json`) has one writer per agent (`StateWriter`): snapshots are taken on
+the loop and written, in order, in a thread, so no agent holds the loop on fsync. When it is on
+disk, and what a crash in between loses:
+- what a message changed (a document and its floor, a deletion, sealed keys) is written before
+  `on_message` returns, so the next message is judged against floors a crash cannot take back;
+  a crash before that loses a document nothing was derived from yet (the broker redelivers it);
+- a reconcile pass writes once, at its end and before pruning (no blob goes while the file still
+  names it), plus before each command whose predecessors' outcomes are not on disk yet: a crash
+  during a long start never loses the record of a module started earlier in the pass. A crash
+  during a start loses only that start's record; the next agent reaps the process as a stray;
+- a direct method's request id is written before the method runs (replays stay refused);
+- a report is published only after the state it describes is on disk.
 """
 
 from __future__ import annotations
@@ -17,9 +30,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from pydantic import ValidationError
 
@@ -31,10 +44,19 @@ from edge_agent._intake import Accepted, Cleared, Deleted, Intake, Refused, Unch
 from edge_agent._methods import DirectMethods
 from edge_agent._module_runtime import ModuleRuntime
 from edge_agent._plan_runner import Applied, Failed, Outcome, PlanRunner, Removed
-from edge_agent._planner import ActualModule, DesiredModule, Unsupported, desired_modules, plan
+from edge_agent._planner import (
+    ActualModule,
+    DesiredModule,
+    Remove,
+    Replace,
+    Start,
+    Unsupported,
+    desired_modules,
+    plan,
+)
 from edge_agent._runtime import ProcessRuntime
 from edge_agent._sealed_keys import KeysChanged, KeysCleared, KeysRefused, SealedKeys
-from edge_agent._state import Failure, PersistedState, StateFile
+from edge_agent._state import Failure, InstanceRecord, PersistedState, StateFile, StateWriter
 from edge_agent._status_book import StatusBook, judge_deployments, now
 from edge_agent._status_endpoint import StatusEndpoint
 from edge_agent._store import ArtifactStore
@@ -78,6 +100,9 @@ class Agent:
         data = config.data_dir
         self.state_file = StateFile(data / "state.json")
         self.persisted = PersistedState()
+        self._writer = StateWriter(self.state_file, lambda: self.persisted)
+        # id(raw) -> (raw, its document): stored documents are validated once, not every pass
+        self._parsed: dict[int, tuple[dict[str, Any], DeploymentDocument]] = {}
         self.intake = Intake(
             self.topics,
             self.device_id,
@@ -95,7 +120,9 @@ class Agent:
             runtime = Executor(config, store, ProcessRuntime(data / "runtime"), registry)
         self.runtime: ModuleRuntime = runtime
         self.runtime.bind(self._on_module_state, self.keys.keys_for, self._on_download)
-        self.runner = PlanRunner(self.runtime, self._record_outcome)
+        outcomes_first = cast(ModuleRuntime, _OutcomesFirst(self.runtime, self._write_outcomes))
+        self.runner = PlanRunner(outcomes_first, self._record_outcome)
+        self._outcomes_unwritten = False
         self.transport: Transport = transport or self._mqtt_transport()
         self.methods = DirectMethods(
             self.device_id,
@@ -104,7 +131,7 @@ class Agent:
             self.reported_state,
             self.intake.trusted,
             on_refused=lambda topic, reason: self.book.refusal(topic, reason),
-            on_seen=self._save,
+            on_seen=self._writer.write_now,  # a request id is durable before the request runs
         )
         self.heartbeat = Heartbeat(
             self.topics, self.book, self.runtime, self.transport, config.heartbeat_s, self.keys.keys_for
@@ -113,6 +140,7 @@ class Agent:
         self.keys.restore(self.persisted.sealed_keys, self.persisted.keys_versions)
         self.methods.restore(self.persisted.seen_requests)
         self.providers: list[str] = []
+        self._public_key: str | None = None
         self._reconcile_wanted = asyncio.Event()
         self._report_wanted = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -191,7 +219,8 @@ class Agent:
             else:
                 self.persisted.modules[record.module] = new
         await self.runtime.reap_strays()
-        self._save()
+        self._writer.mark()
+        await self.flush()
         for topic in (
             self.topics.all_deployments,
             self.topics.desired(self.device_id),
@@ -252,7 +281,8 @@ class Agent:
         await self.transport.stop()
         await self.status_endpoint.stop()
         self.persisted.modules.clear()
-        self._save()
+        self._writer.mark()
+        await self.flush()
 
     async def run_forever(self) -> None:
         await self.start()
@@ -281,7 +311,9 @@ class Agent:
                 log.exception("could not handle a message on %s", message.topic)
 
     async def on_message(self, message: Message) -> None:
-        """Route one control-plane message to the part that owns its topic."""
+        """Route one control-plane message to the part that owns its topic. What it changed in
+        the persisted state (a document and its floor, keys) is on disk when this returns: the
+        next message is judged against floors that a crash cannot take back."""
         if message.oversized is not None:
             limit = self.config.max_payload_bytes
             reason = f"payload of {message.oversized} bytes is above the limit of {limit}; dropped unread"
@@ -296,8 +328,10 @@ class Agent:
                 return
             if rest.startswith("keys/"):
                 self._on_keys(message, rest[len("keys/") :])
+                await self.flush()
                 return
         self._on_document(message)
+        await self.flush()
 
     def _on_document(self, message: Message) -> None:
         slot, verdict = self.intake.evaluate(
@@ -330,8 +364,9 @@ class Agent:
         elif isinstance(verdict, Accepted):
             self.persisted.documents[slot] = verdict.raw
             self.persisted.last_versions[verdict.identity] = verdict.document.version
+            self._parsed[id(verdict.raw)] = (verdict.raw, verdict.document)
             log.info("accepted %s version %d (key %s)", slot, verdict.document.version, verdict.key_id)
-        self._save()
+        self._writer.mark()  # on disk before `on_message` returns
         self._reconcile_wanted.set()
 
     def _on_keys(self, message: Message, name: str) -> None:
@@ -346,7 +381,7 @@ class Agent:
             log.warning("the keys of %s were cleared on the broker without a signed delete", name)
             self.book.refusal(message.topic, "keys cleared on the broker without a signed delete; kept", name)
             return
-        self._save()  # the sealed form only: the plaintext exists only in memory
+        self._writer.mark()  # the sealed form only: the plaintext exists only in memory
         if isinstance(change, KeysChanged) and change.version is not None:
             log.info("scoring keys for %s updated (version %d)", name, change.version)
         self._reconcile_wanted.set()
@@ -366,15 +401,26 @@ class Agent:
             self.reconciled.set()
 
     def _documents(self) -> dict[tuple[str, int], tuple[DeploymentDocument, dict[str, Any]]]:
-        """(name, version) -> the document and its raw signed form, as received."""
+        """(name, version) -> the document and its raw signed form, as received.
+
+        A stored raw document never changes (a new version is a new dict), so each is validated
+        once: when the intake accepted it, or on the first pass after a restart. The cache is
+        keyed by the dict's identity and holds the dict, so an id is never reused under it."""
         docs: dict[tuple[str, int], tuple[DeploymentDocument, dict[str, Any]]] = {}
+        parsed: dict[int, tuple[dict[str, Any], DeploymentDocument]] = {}
         for source in (self.persisted.applied_documents, self.persisted.documents):
             for raw in source.values():
-                try:
-                    doc = DeploymentDocument.model_validate(raw)
-                except ValidationError:
-                    continue
+                known = self._parsed.get(id(raw))
+                if known is not None and known[0] is raw:
+                    doc = known[1]
+                else:
+                    try:
+                        doc = DeploymentDocument.model_validate(raw)
+                    except ValidationError:
+                        continue
+                parsed[id(raw)] = (raw, doc)
                 docs[(doc.name, doc.version)] = (doc, raw)
+        self._parsed = parsed  # only what is stored now
         return docs
 
     async def reconcile(self) -> None:
@@ -427,11 +473,14 @@ class Agent:
         failures.update({n: f.reason for n, f in standing.items() if not f.transient})
         retrying = {n: _retry_text(f) for n, f in standing.items() if f.transient}
         self._judge(selection, docs, owners, failures, retrying)
+        self._writer.mark()
+        # On disk before pruning: no blob goes while the file on disk still names it.
+        await self.flush()
+        self._outcomes_unwritten = False
         # what runs, and what is wanted: partial downloads of a wanted version survive to be resumed
         await self.runtime.prune(
             {rec.digest for rec in self.persisted.modules.values()} | {d.digest for d in desired.values()}
         )
-        self._save()
         self._want_report()
 
     def _standing_failures(self, desired: dict[str, DesiredModule]) -> dict[str, Failure]:
@@ -471,7 +520,9 @@ class Agent:
                 still_serving=outcome.still_serving and outcome.name in self.persisted.modules,
                 retrying=outcome.transient,
             )
-        self._save()
+        # Written before the next command starts (`_OutcomesFirst`), or with the end of the pass.
+        self._writer.mark()
+        self._outcomes_unwritten = True
 
     def _failure(self, outcome: Failed) -> Failure:
         """The failure record, with the next attempt's time when time can fix it: the delay
@@ -510,6 +561,10 @@ class Agent:
         states = judge_deployments(
             selection.applied, selection.deferred, others.values(), owners, failures, retrying
         )
+        # A document deleted (by a signed tombstone) while this pass ran is judged by the next
+        # pass, not resurrected by this one: neither its verdict nor its applied copy stays.
+        current = {(raw.get("name"), raw.get("version")) for raw in self.persisted.documents.values()}
+        states = [state for state in states if (state.name, state.version) in current]
         self.book.deployments_judged(states)
         for state in states:
             if state.outcome == "applied":
@@ -527,10 +582,25 @@ class Agent:
         record = self.persisted.modules.get(name)
         if record is not None and state.pid and record.pid != state.pid and state.digest == record.digest:
             self.persisted.modules[name] = record.model_copy(update={"pid": state.pid})
-            self._save()
+            self._writer.changed()
 
-    def _save(self) -> None:
-        self.state_file.save(self.persisted)
+    async def flush(self) -> None:
+        """Return once every change to the persisted state made so far is on disk."""
+        await self._writer.flush()
+
+    async def _write_outcomes(self) -> None:
+        """Before a command: the outcomes of the commands before it are on disk. A crash during
+        a long start must not lose the record of a module started earlier in the same pass (the
+        next agent could not re-adopt it, and would reap it as a stray)."""
+        if not self._outcomes_unwritten:
+            return
+        try:
+            await self.flush()
+            self._outcomes_unwritten = False
+        except Exception:
+            # the disk refuses: the command still runs (the module's own fate must not hang on
+            # the state file); the end of the pass tries again and fails the pass if it must
+            log.exception("could not write the agent state before the next command")
 
     # -- report -------------------------------------------------------------------------------
 
@@ -538,14 +608,20 @@ class Agent:
         self._report_wanted.set()
 
     def reported_state(self) -> ReportedState:
-        public_key = device_public_key(self.device_key)
-        return self.book.reported(device_info(self.config.data_dir, self.providers, public_key))
+        if self._public_key is None:
+            self._public_key = device_public_key(self.device_key)
+        return self.book.reported(device_info(self.config.data_dir, self.providers, self._public_key))
 
     async def _report_loop(self) -> None:
         while True:
             await self._report_wanted.wait()
             await asyncio.sleep(_REPORT_COALESCE_S)
             self._report_wanted.clear()
+            # Never report what a crash could still take back (a version applied whose floor
+            # is not on disk yet). A disk that refuses is logged where the write failed; the
+            # device still says what it runs.
+            with contextlib.suppress(Exception):
+                await self.flush()
             await self.publish_report()
 
     async def publish_report(self) -> None:
@@ -558,6 +634,33 @@ class Agent:
             )
         except TransportError as exc:
             log.info("report not sent (%s); it will be sent on reconnect", exc)
+
+
+class _OutcomesFirst:
+    """The module runtime as the plan runner sees it: each command first waits until the
+    outcomes of the commands before it are on disk (`before`), then runs on the real runtime.
+
+    So a pass writes the state once when it has one command (at its end) and never leaves the
+    record of a module it started unwritten while it works on the next one."""
+
+    def __init__(self, runtime: ModuleRuntime, before: Callable[[], Awaitable[None]]) -> None:
+        self._runtime = runtime
+        self._before = before
+
+    async def start(self, command: Start) -> InstanceRecord:
+        await self._before()
+        return await self._runtime.start(command)
+
+    async def replace(self, command: Replace) -> InstanceRecord:
+        await self._before()
+        return await self._runtime.replace(command)
+
+    async def remove(self, command: Remove) -> None:
+        await self._before()
+        await self._runtime.remove(command)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._runtime, name)
 
 
 def _retry_text(failure: Failure) -> str:

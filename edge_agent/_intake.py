@@ -9,16 +9,25 @@ nothing refused ever touches running modules.
 
 A deletion is a signed tombstone like any document. A retained message cleared without one (an
 empty payload, which anyone who can write the topic can send) is `Cleared`: nothing changes.
+
+Parsing, the signature and the schema depend only on the payload's bytes and the trusted keys, so
+their result is kept per process (`_checked`), keyed by the payload's SHA-256, the key set and the
+size limit: agents sharing a process (the simulator's fleet) check a document once, and share
+the parsed result (nothing mutates it). What depends on the device (topic scope, floors, its env
+policy) is judged by each agent, every time.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pydantic import ValidationError
 
 from edge_agent._config import DEFAULT_DENIED_ENV
@@ -73,6 +82,26 @@ class Refused:
 Verdict = Accepted | Deleted | Cleared | Unchanged | Refused
 
 
+@dataclass(frozen=True)
+class _Checked:
+    """What the bytes alone decide: a refusal, or the parsed, verified, validated object."""
+
+    raw: dict[str, Any] | None = None
+    key_id: str = ""
+    document: DeploymentDocument | None = None
+    tombstone: Tombstone | None = None
+    refused: Refused | None = None
+
+
+# (payload sha256, trusted key set, size limit) -> what those bytes are; most recent last
+_checked: OrderedDict[tuple[bytes, frozenset[bytes], int], _Checked] = OrderedDict()
+CHECKED_KEPT = 64  # a handful of live documents per fleet; forged floods only churn the oldest
+
+
+def _key_set(trusted: Sequence[Ed25519PublicKey]) -> frozenset[bytes]:
+    return frozenset(k.public_bytes(Encoding.Raw, PublicFormat.Raw) for k in trusted)
+
+
 class Intake:
     def __init__(
         self,
@@ -111,24 +140,18 @@ class Intake:
             return None, Refused(f"not a deployment topic: {topic}")
         if not payload:
             return slot, Cleared(slot)
-        try:
-            raw = loads_limited(payload, max_bytes=self.max_payload_bytes)
-        except PayloadRefused as exc:
-            return slot, Refused(f"malformed document: {exc}")
-        if not isinstance(raw, dict):
-            return slot, Refused("malformed document: not a JSON object")
+        checked = self._check(payload)
+        if checked.refused is not None:
+            return slot, checked.refused
+        raw = checked.raw
+        assert raw is not None
         name = raw.get("name") if isinstance(raw.get("name"), str) else None
         version = raw.get("version") if type(raw.get("version")) is int else None
-        try:
-            key_id = verify_document(raw, self.trusted)
-        except DeploymentError as exc:
-            return slot, Refused(str(exc), name, version)
-        if is_tombstone(raw):
-            return slot, self._tombstone(slot, raw, accepted_raw, last_versions)
-        try:
-            doc = DeploymentDocument.model_validate(raw)
-        except ValidationError as exc:
-            return slot, Refused(f"malformed document: {_first_error(exc)}", name, version)
+        if checked.tombstone is not None:
+            return slot, self._tombstone(slot, checked.tombstone, accepted_raw, last_versions)
+        doc = checked.document
+        key_id = checked.key_id
+        assert doc is not None
         scope = self._scope_problem(slot, doc.fleet, doc.name, doc.device)
         if scope is not None:
             return slot, Refused(scope, name, version)
@@ -138,7 +161,8 @@ class Intake:
         identity = document_identity(doc.name, doc.device)
         last = last_versions.get(identity)
         if last is not None and doc.version <= last:
-            if doc.version == last and accepted_raw.get(slot) == raw:
+            stored = accepted_raw.get(slot)
+            if doc.version == last and (stored is raw or stored == raw):
                 return slot, Unchanged(slot)
             return slot, Refused(
                 f"replayed document: version {doc.version} is not above {last}, the last accepted",
@@ -146,6 +170,44 @@ class Intake:
                 version,
             )
         return slot, Accepted(doc, raw, key_id, identity)
+
+    def _check(self, payload: bytes) -> _Checked:
+        """Parse, verify and validate, in that order, once per process for the same bytes."""
+        key = (hashlib.sha256(payload).digest(), _key_set(self.trusted), self.max_payload_bytes)
+        checked = _checked.get(key)
+        if checked is not None:
+            _checked.move_to_end(key)
+            return checked
+        checked = self._check_now(payload)
+        _checked[key] = checked
+        if len(_checked) > CHECKED_KEPT:
+            _checked.popitem(last=False)
+        return checked
+
+    def _check_now(self, payload: bytes) -> _Checked:
+        try:
+            raw = loads_limited(payload, max_bytes=self.max_payload_bytes)
+        except PayloadRefused as exc:
+            return _Checked(refused=Refused(f"malformed document: {exc}"))
+        if not isinstance(raw, dict):
+            return _Checked(refused=Refused("malformed document: not a JSON object"))
+        name = raw.get("name") if isinstance(raw.get("name"), str) else None
+        version = raw.get("version") if type(raw.get("version")) is int else None
+        try:
+            key_id = verify_document(raw, self.trusted)
+        except DeploymentError as exc:
+            return _Checked(refused=Refused(str(exc), name, version))
+        if is_tombstone(raw):
+            try:
+                tombstone = Tombstone.model_validate(raw)
+            except ValidationError as exc:
+                return _Checked(refused=Refused(f"malformed deletion: {_first_error(exc)}", name, version))
+            return _Checked(raw=raw, key_id=key_id, tombstone=tombstone)
+        try:
+            doc = DeploymentDocument.model_validate(raw)
+        except ValidationError as exc:
+            return _Checked(refused=Refused(f"malformed document: {_first_error(exc)}", name, version))
+        return _Checked(raw=raw, key_id=key_id, document=doc)
 
     def _scope_problem(self, slot: str, fleet: str, name: str, device: str | None) -> str | None:
         """Why a document does not belong on the topic it came on (None when it does)."""
@@ -163,16 +225,10 @@ class Intake:
     def _tombstone(
         self,
         slot: str,
-        raw: dict[str, Any],
+        tombstone: Tombstone,
         accepted_raw: Mapping[str, Mapping[str, Any]],
         last_versions: Mapping[str, int],
     ) -> Verdict:
-        try:
-            tombstone = Tombstone.model_validate(raw)
-        except ValidationError as exc:
-            name = raw.get("name") if isinstance(raw.get("name"), str) else None
-            version = raw.get("version") if type(raw.get("version")) is int else None
-            return Refused(f"malformed deletion: {_first_error(exc)}", name, version)
         name, version = tombstone.name, tombstone.version
         if tombstone.of != "deployment":
             return Refused(f"a deletion of {tombstone.of} on a deployment topic", name, version)

@@ -1,13 +1,23 @@
 """What the agent has applied, on disk, so a restart (even after `kill -9`) resumes instead of
 starting over: accepted documents, last applied versions (the replay guard), the module instances
-it started (to re-adopt them rather than run a second copy) and what failed (not to retry it)."""
+it started (to re-adopt them rather than run a second copy) and what failed (not to retry it).
+
+The file is written whole (write-then-rename, fsync'd), and only by one writer per agent: a
+snapshot is taken on the event loop, where the state changes, so it is always a state the agent
+was really in; the disk work runs in a thread, so the loop (and every other agent sharing it in
+the simulator) never waits on fsync. Snapshots reach the disk in the order they were taken, and
+changes made while a write is under way are coalesced into the next one.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import os
+import threading
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -124,8 +134,17 @@ class PersistedState(BaseModel):
 
 
 class StateFile:
+    """The state file on disk: read once at start, replaced whole on every write."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.writes = 0  # files actually written (benchmarks and tests count them)
+        self._lock = threading.Lock()
+        self._taken = 0  # the generation of the newest snapshot taken
+        self._on_disk = 0  # the generation of the snapshot the file holds
+        self._last = b""  # what this process last wrote there
+        # slot -> (the raw document, its JSON), for documents and applied documents
+        self._json: dict[str, dict[str, tuple[dict[str, Any], str]]] = {"documents": {}, "applied": {}}
 
     def load(self) -> PersistedState:
         try:
@@ -140,9 +159,120 @@ class StateFile:
             log.error("agent state %s was unreadable (%s); moved to %s, starting clean", self.path, exc, bad)
             return PersistedState()
 
+    def snapshot(self, state: PersistedState) -> tuple[int, bytes]:
+        """The state as it is now, and its generation. Call it where the state changes (the event
+        loop): a snapshot taken elsewhere could mix a state before and after one change.
+
+        Accepted documents are most of the file and never change once accepted (a new version is
+        a new dict), so each one's JSON is reused while the very same dict is stored."""
+        self._taken += 1
+        documents = self._documents_json("documents", state.documents)
+        applied = self._documents_json("applied", state.applied_documents)
+        rest = state.model_dump(mode="json", exclude={"documents", "applied_documents"})
+        body = json.dumps(rest, separators=(",", ":"), sort_keys=True)
+        data = f'{{"applied_documents":{applied},"documents":{documents},{body[1:]}'
+        return self._taken, data.encode()
+
+    def _documents_json(self, which: str, documents: dict[str, dict[str, Any]]) -> str:
+        previous = self._json[which]
+        kept: dict[str, tuple[dict[str, Any], str]] = {}
+        parts = []
+        for slot in sorted(documents):
+            raw = documents[slot]
+            cached = previous.get(slot)
+            if cached is None or cached[0] is not raw:
+                # the raw signed form as received: json writes back exactly what it parsed
+                cached = (raw, json.dumps(raw, separators=(",", ":"), sort_keys=True))
+            kept[slot] = cached
+            parts.append(f"{json.dumps(slot)}:{cached[1]}")
+        self._json[which] = kept
+        return "{" + ",".join(parts) + "}"
+
+    def write(self, generation: int, data: bytes) -> bool:
+        """Put a snapshot on disk unless a later one is there already, or the same bytes; True
+        when the file was replaced. Safe from any thread.
+
+        Write-then-rename with fsync: a crash leaves the old or the new file, never half of one,
+        and never a state older than one already written."""
+        with self._lock:
+            if generation <= self._on_disk:
+                return False
+            if data == self._last:  # nothing changed since the file was written: no write, no fsync
+                self._on_disk = generation
+                return False
+            try:
+                write_atomic(self.path, data, mode=0o600)
+            except FileNotFoundError:  # the data folder is not there (yet, or any more)
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(self.path, data, mode=0o600)
+            self._on_disk = generation
+            self._last = data
+            self.writes += 1
+            return True
+
     def save(self, state: PersistedState) -> None:
-        """Write-then-rename with fsync: a crash leaves the old or the new file, never half of one."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # compact: indent turns off json's C encoder, and the file is rewritten often
-        data = json.dumps(state.model_dump(mode="json"), separators=(",", ":"), sort_keys=True).encode()
-        write_atomic(self.path, data, mode=0o600)
+        """Write `state` now, on the calling thread."""
+        self.write(*self.snapshot(state))
+
+
+class StateWriter:
+    """The single writer of one agent's state file.
+
+    `changed()` asks for a write that starts at once, off the event loop; changes made while it
+    runs go into the next one. `flush()` returns once every change made before it was called is
+    on disk (or raises why it cannot be). `write_now()` writes on the calling thread, for the
+    rare change that must be durable before the very next statement runs.
+    """
+
+    def __init__(self, file: StateFile, state: Callable[[], PersistedState]) -> None:
+        self.file = file
+        self._state = state
+        self._changes = 0  # changes asked for so far
+        self._written = 0  # changes covered by the newest snapshot on disk
+        self._task: asyncio.Task[None] | None = None
+        self.error: Exception | None = None  # why the last write failed (None after a good one)
+
+    def mark(self) -> None:
+        """The state changed; the next write (or flush) takes it along."""
+        self._changes += 1
+
+    def changed(self) -> None:
+        """The state changed: write it soon, off the loop (at once, without a running loop)."""
+        self._changes += 1
+        try:
+            self._kick()
+        except RuntimeError:  # no running loop
+            self.write_now()
+
+    def _kick(self) -> asyncio.Task[None]:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._drain(), name="state-writer")
+        return self._task
+
+    async def _drain(self) -> None:
+        while self._written < self._changes:
+            covers = self._changes
+            generation, data = self.file.snapshot(self._state())
+            try:
+                await asyncio.to_thread(self.file.write, generation, data)
+            except Exception as exc:
+                self.error = exc
+                log.error("could not write the agent state %s: %s", self.file.path, exc)
+                return
+            self.error = None
+            self._written = max(self._written, covers)
+
+    async def flush(self) -> None:
+        """Every change made before this call is on disk when it returns."""
+        target = self._changes
+        while self._written < target:
+            task = self._kick()
+            await asyncio.shield(task)
+            if self._written < target and self.error is not None:
+                raise self.error
+
+    def write_now(self) -> None:
+        covers = self._changes
+        self.file.save(self._state())
+        self.error = None
+        self._written = max(self._written, covers)

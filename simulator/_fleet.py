@@ -147,7 +147,9 @@ class Fleet:
     of the device index. `ids`: a format string with `{i}`. `links`: route each device through a
     cuttable relay so `go_offline` and `broker_down` work against a real broker (default on for
     a real broker; off costs nothing and is what a benchmark wants). `agent_settings`: further
-    `AgentConfig` fields for every device (MQTT credentials, retry timings, ...).
+    `AgentConfig` fields for every device (MQTT credentials, retry timings, ...). `prepare`:
+    called with each new device before its agent starts (faults that must hold from the first
+    document on).
     """
 
     def __init__(
@@ -167,6 +169,7 @@ class Fleet:
         broker: MemoryBroker | None = None,
         agent_settings: Mapping[str, Any] | None = None,
         connect_timeout_s: float = 60.0,
+        prepare: Callable[[SimulatedDevice], None] | None = None,
     ) -> None:
         if size < 0:
             raise ConfigError("a fleet has 0 or more devices")
@@ -189,6 +192,7 @@ class Fleet:
             self.links = False  # the in-memory broker cuts links itself
         self.agent_settings = dict(agent_settings or {})
         self.connect_timeout_s = connect_timeout_s
+        self.prepare = prepare
         self.broker: MemoryBroker | None = (broker or MemoryBroker()) if self.memory else None
         self._own_root = root is None
         self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="modelfleet-sim-"))
@@ -236,6 +240,8 @@ class Fleet:
         for device in new:
             self.devices.append(device)
             self._by_id[device.device_id] = device
+            if self.prepare is not None:
+                self.prepare(device)
         for at in range(0, len(new), _START_BATCH):
             await asyncio.gather(*(self._start_agent(d) for d in new[at : at + _START_BATCH]))
         await self._wait_connected(new)

@@ -74,6 +74,15 @@ def _tags(args: argparse.Namespace) -> dict[str, Any]:
     return template
 
 
+def _apply_fail_starts(device: Any, fail_starts: list[tuple[str, float]]) -> None:
+    """Set before the device's agent starts: a document already retained is applied at once."""
+    from simulator._tags import in_share
+
+    for module, percent in fail_starts:
+        if in_share(device.index, percent):
+            device.fail_every_start(module)
+
+
 def _fail_starts(texts: list[str] | None) -> list[tuple[str, float]]:
     out = []
     for text in texts or ():
@@ -126,7 +135,6 @@ def _summary(fleet: Any) -> dict[str, Any]:
 
 async def _run(args: argparse.Namespace) -> int:
     from simulator._fleet import Fleet
-    from simulator._tags import in_share
 
     if args.devices < 1:
         raise ConfigError("--devices must be at least 1")
@@ -159,16 +167,13 @@ async def _run(args: argparse.Namespace) -> int:
         start_delay_s=args.start_delay,
         links=not args.no_links,
         agent_settings=settings,
+        prepare=lambda device: _apply_fail_starts(device, fail_starts),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with fleet:
-        for device in fleet.devices:
-            for module, percent in fail_starts:
-                if in_share(device.index, percent):
-                    device.fail_every_start(module)
         print(
             f"simulating {len(fleet.devices)} devices of fleet {args.fleet!r} on {args.hub}", file=sys.stderr
         )

@@ -99,3 +99,26 @@ async def test_a_permanent_failure_waits_for_a_new_document_and_its_entry_goes_w
     state = agent.reported_state()
     assert "beta" not in state.modules and state.deployments["iris-prod"].outcome == "applied"
     assert agent.persisted.failures == {}
+
+
+async def test_a_signed_delete_during_an_update_wins_over_the_update(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from edge_agent._planner import Remove
+    from modules.deployment import Tombstone
+
+    agent, _, runtime = _agent(tmp_path)
+    await _receive(agent, TOPICS.deployment("iris-prod"), _wire(_doc(1, {"iris": DIGEST_1})))
+    runtime.gate = asyncio.Event()
+    await _deliver(agent, TOPICS.deployment("iris-prod"), _wire(_doc(2, {"iris": DIGEST_2})))
+    update = asyncio.create_task(agent.reconcile())
+    await _until(lambda: len(runtime.commands) == 2, "the replace under way")
+    tombstone = Tombstone(fleet="factory", name="iris-prod", version=3, deleted_at=datetime.now(UTC))
+    await _deliver(agent, TOPICS.deployment("iris-prod"), _wire(tombstone))
+    runtime.gate.set()
+    await update
+    assert agent.deployments["iris-prod"].outcome == "removed"  # not "applied" version 2
+    assert "iris-prod" not in agent.persisted.applied_documents
+    await agent.reconcile()  # the pass the deletion asked for
+    assert isinstance(runtime.commands[-1], Remove) and runtime.records == {}
+    assert agent.deployments["iris-prod"].outcome == "removed"

@@ -82,6 +82,9 @@ class Fleet:
         )
         agent = Agent(config)
         await agent.start()
+        # Reported before the test goes on: a publisher waiting on a rollout must see the device.
+        if await agent.transport.wait_connected(30):
+            await agent.publish_report()
         self.agents[device_id] = agent
         return agent
 
