@@ -17,6 +17,7 @@ from publisher import _deploy, _enrolment
 from publisher._cli_output import print_json, table
 from publisher._deploy import DeploymentSettings
 from publisher._hub import FleetConnection
+from publisher._iotedge_report import fleet_edge_agent_reported
 from publisher._rollout import UNSTAGED_MAX_FAILURE_RATIO, ProgressDisplay, drive
 from publisher._status import STATUS_HEADERS, device_row, fleet_status, status_table
 from publisher._trust import deployment_slot
@@ -247,7 +248,25 @@ def run_status(ws: Workspace, args: argparse.Namespace) -> int:
     return asyncio.run(_status_async(ws, args))
 
 
+def _output_format(args: argparse.Namespace) -> str:
+    """`--json` or `--format`: table (the default), json or iotedge; both given must agree."""
+    given = getattr(args, "format", None)
+    if args.json and given not in (None, "json"):
+        raise ConfigError(f"--json and --format {given} both given: give one")
+    return "json" if args.json else given or "table"
+
+
+def _iotedge_reported(snap: Any, device_ids: list[str]) -> dict[str, Any]:
+    return fleet_edge_agent_reported(
+        snap.reports,
+        device_ids,
+        online={i: snap.online(i) for i in device_ids},
+        problems={i: snap.problem(i) for i in device_ids},
+    )
+
+
 async def _status_async(ws: Workspace, args: argparse.Namespace) -> int:
+    output = _output_format(args)
     async with FleetConnection(ws) as hub:
         status = fleet_status(
             hub.snapshot,
@@ -256,7 +275,12 @@ async def _status_async(ws: Workspace, args: argparse.Namespace) -> int:
             enrolled=_enrolment.all_enrolled(ws),
             unverified=_deploy.unverified(hub),
         )
-    if args.json:
+        snap = hub.snapshot
+    if output == "iotedge":
+        # The devices `status` lists (narrowed by --deployment), each as its $edgeAgent reported properties.
+        print_json(_iotedge_reported(snap, [d["device_id"] for d in status["devices"]]))
+        return 0
+    if output == "json":
         print_json(status)
         return 0
     rows = status_table(status)
@@ -350,7 +374,10 @@ async def _device_async(ws: Workspace, args: argparse.Namespace) -> int:
         if args.device_id not in snap.device_ids:
             raise ConfigError(f"no device {args.device_id!r} in fleet {ws.fleet!r}")
         if args.action == "show":
-            if args.json:
+            output = _output_format(args)
+            if output == "iotedge":
+                print_json(_iotedge_reported(snap, [args.device_id])[args.device_id])
+            elif output == "json":
                 print_json(device_row(snap, args.device_id, enrolled))
             else:
                 _print_device(snap, args.device_id, enrolled)

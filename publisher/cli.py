@@ -57,6 +57,9 @@ def _connection_options() -> argparse.ArgumentParser:
     return common
 
 
+_REPORT_FORMAT_HELP = "table (default), json (as --json), or iotedge: $edgeAgent-shaped reported properties"
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _connection_options()
     as_json = argparse.ArgumentParser(add_help=False)
@@ -223,12 +226,14 @@ def _deploy_parsers(
 
     status = top.add_parser("status", parents=[common, as_json], help="fleet status")
     status.add_argument("--deployment", metavar="NAME")
+    status.add_argument("--format", choices=["table", "json", "iotedge"], help=_REPORT_FORMAT_HELP)
 
     device = top.add_parser("device", help="devices and their direct methods")
     dev = device.add_subparsers(dest="action", required=True)
     dev.add_parser("list", parents=[common, as_json], help="list devices")
     dshow = dev.add_parser("show", parents=[common, as_json], help="one device's reported state")
     dshow.add_argument("device_id")
+    dshow.add_argument("--format", choices=["table", "json", "iotedge"], help=_REPORT_FORMAT_HELP)
     logs = dev.add_parser("logs", parents=[common, as_json], help="a module's log lines")
     logs.add_argument("device_id")
     logs.add_argument("module")
