@@ -30,15 +30,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import shutil
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, cast
 
 from pydantic import ValidationError
 
 from edge_agent._config import AgentConfig
 from edge_agent._device_info import device_info
-from edge_agent._executor import Executor, RegistryFactory
+from edge_agent._executor import Executor, RegistryFactory, twin_dir
 from edge_agent._heartbeat import Heartbeat
 from edge_agent._intake import Accepted, Cleared, Deleted, Intake, Refused, Unchanged
 from edge_agent._methods import DirectMethods
@@ -70,6 +73,7 @@ from modules.deployment import (
 )
 from modules.device_state import ModuleState, Presence, ReportedState
 from modules.mqtt import MqttSettings, MqttTransport
+from modules.scoring import twin
 from modules.service_keys import device_public_key, load_or_create_device_key
 from modules.signing import load_public_key
 from modules.tasks import cancel_within
@@ -134,13 +138,21 @@ class Agent:
             on_seen=self._writer.write_now,  # a request id is durable before the request runs
         )
         self.heartbeat = Heartbeat(
-            self.topics, self.book, self.runtime, self.transport, config.heartbeat_s, self.keys.keys_for
+            self.topics,
+            self.book,
+            self.runtime,
+            self.transport,
+            config.heartbeat_s,
+            self.keys.keys_for,
+            before_beat=self.collect_reported_properties,
         )
         self.status_endpoint = StatusEndpoint(config.effective_status_port, self.reported_state)
         self.keys.restore(self.persisted.sealed_keys, self.persisted.keys_versions)
         self.methods.restore(self.persisted.seen_requests)
         self.providers: list[str] = []
         self._public_key: str | None = None
+        # module -> what identified its reported.json when last read (`twin.reported_key`)
+        self._reported_seen: dict[str, tuple[int, int, int] | None] = {}
         self._reconcile_wanted = asyncio.Event()
         self._report_wanted = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -459,6 +471,8 @@ class Agent:
             if not (f.transient and f.retry_at is not None and f.retry_at <= at)
         }
         commands = plan(ready, actual, failed_before)
+        # Before any start, so a module's init() already sees its twin; never part of the plan.
+        await self._write_twins(selection, desired)
         working = {c.desired.deployment for c in commands if hasattr(c, "desired")}
         self.book.deployments_applying(r for r in selection.applied if r.name in working)
         await self.runner.run(commands)
@@ -468,6 +482,8 @@ class Agent:
         for name in list(self.book.modules):
             if name not in desired and name not in self.persisted.modules:
                 self.book.module_removed(name)  # failed or waiting once, no longer wanted
+        await self._remove_twins(set(desired) | set(self.persisted.modules))
+        await self.collect_reported_properties()
         failures = {u.name: u.reason for u in unsupported}
         standing = self._standing_failures(desired)
         failures.update({n: f.reason for n, f in standing.items() if not f.transient})
@@ -482,6 +498,50 @@ class Agent:
             {rec.digest for rec in self.persisted.modules.values()} | {d.digest for d in desired.values()}
         )
         self._want_report()
+
+    # -- module twins (`modules.scoring.twin`) -------------------------------------------------
+
+    def _twin_root(self) -> Path:
+        return self.config.data_dir / "runtime" / "twins"
+
+    async def _write_twins(self, selection: Selection, desired: dict[str, DesiredModule]) -> None:
+        """Each desired module's twin desired properties into its folder (a file only where they
+        changed): a running module sees them on its next read, with no restart."""
+        sections = selection.manifest.modules_content.module_twins if selection.manifest else {}
+        wanted: dict[Path, dict[str, Any]] = {}
+        for name in desired:
+            folder = twin_dir(self.config.data_dir, name)
+            if folder is None:
+                log.warning("module %r: its name is no folder name; it gets no twin", name)
+                continue
+            section = sections.get(name)
+            wanted[folder] = dict((section.desired if section is not None else None) or {})
+        if wanted:
+            await asyncio.to_thread(_write_twins, wanted)
+
+    async def _remove_twins(self, keep: set[str]) -> None:
+        """The twin folders of modules that are neither wanted nor running any more."""
+        self._reported_seen = {n: k for n, k in self._reported_seen.items() if n in keep}
+        await asyncio.to_thread(_remove_twin_folders, self._twin_root(), keep)
+
+    async def collect_reported_properties(self) -> None:
+        """Each running module's `reported.json` into its reported state; read again only when
+        the file changed. A file that is not a JSON object of at most 32 KiB is ignored, logged."""
+        folders = {
+            name: folder
+            for name in self.persisted.modules
+            if (folder := twin_dir(self.config.data_dir, name)) is not None
+        }
+        if not folders:
+            return
+        seen = dict(self._reported_seen)
+        results = await asyncio.to_thread(_read_reported, folders, seen)
+        for name, (key, result) in results.items():
+            self._reported_seen[name] = key
+            if isinstance(result, twin.ReportedRefused):
+                log.warning("module %s: reported properties ignored: %s", name, result)
+            else:
+                self.book.module_reported(name, result)
 
     def _standing_failures(self, desired: dict[str, DesiredModule]) -> dict[str, Failure]:
         """Modules whose desired configuration is the one that failed: still failed, whether it
@@ -661,6 +721,50 @@ class _OutcomesFirst:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._runtime, name)
+
+
+def _write_twins(wanted: dict[Path, dict[str, Any]]) -> None:
+    for folder, properties in wanted.items():
+        try:
+            twin.write_desired(folder, properties)
+        except (OSError, TypeError, ValueError) as exc:
+            log.error("could not write the twin of module %s: %s", folder.name, exc)
+
+
+def _remove_twin_folders(root: Path, keep: set[str]) -> None:
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name in keep:
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except OSError as exc:
+            log.warning("could not remove the twin folder %s: %s", entry.path, exc)
+
+
+_FileKey = tuple[int, int, int]
+
+
+def _read_reported(
+    folders: dict[str, Path], seen: dict[str, _FileKey | None]
+) -> dict[str, tuple[_FileKey | None, dict[str, Any] | twin.ReportedRefused | None]]:
+    """module -> (what identifies its file now, its properties or why not), for changed files only."""
+    out: dict[str, tuple[_FileKey | None, dict[str, Any] | twin.ReportedRefused | None]] = {}
+    for name, folder in folders.items():
+        key = twin.reported_key(folder)
+        if name in seen and seen[name] == key:
+            continue
+        try:
+            out[name] = (key, twin.read_reported(folder))
+        except twin.ReportedRefused as exc:
+            out[name] = (key, exc)
+    return out
 
 
 def _retry_text(failure: Failure) -> str:

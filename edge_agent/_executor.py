@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import socket
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from pathlib import Path
 
 from edge_agent._config import AgentConfig
 from edge_agent._device_info import execution_providers
@@ -25,9 +27,21 @@ from edge_agent._store import ArtifactStore, StoredModule
 from modules import ModelfleetError
 from modules.device_state import ModuleState
 from modules.oci import RegistryClient, RegistryCredentials
+from modules.scoring.twin import TWIN_DIR_ENV
 from modules.spec import HealthProbe, Resources
 
 log = logging.getLogger(__name__)
+
+
+_FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def twin_dir(data_dir: Path, module: str) -> Path | None:
+    """The folder of a module's twin (`modules.scoring.twin`): `<data_dir>/runtime/twins/<module>`;
+    None for a module name that is no safe folder name (that module gets no twin)."""
+    if not _FOLDER_NAME.match(module) or module.strip(".") == "":
+        return None
+    return data_dir / "runtime" / "twins" / module
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -125,6 +139,10 @@ class Executor:
         if desired.auth_required and keys is None:
             # Fail closed: a module that must check keys never serves without them.
             raise ModuleStartFailed(f"module {desired.name} requires scoring keys, and none are open")
+        env = dict(desired.env)
+        twin = twin_dir(self.config.data_dir, desired.name)
+        if twin is not None:  # outside the fingerprint: a twin change never restarts the module
+            env[TWIN_DIR_ENV] = str(twin)
         return InstanceConfig(
             instance_id=instance_id,
             module=desired.name,
@@ -133,7 +151,7 @@ class Executor:
             code_dir=stored.code_dir if stored.entry_script is not None else None,
             spec=stored.spec,
             port=port,
-            env=dict(desired.env),
+            env=env,
             execution_providers=list(desired.execution_providers) if desired.execution_providers else None,
             primary_key=keys.primary if keys else None,
             secondary_key=keys.secondary if keys else None,

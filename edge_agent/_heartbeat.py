@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import aiohttp
@@ -20,6 +22,7 @@ from modules.device_state import Presence
 from modules.topics import FleetTopics
 from modules.transport import Transport, TransportError
 
+log = logging.getLogger(__name__)
 SCRAPE_TIMEOUT_S = 2.0
 PUBLISH_TIMEOUT_S = 5.0
 
@@ -33,13 +36,18 @@ class Heartbeat:
         transport: Transport,
         period_s: float,
         keys_for: KeysLookup = lambda _deployment: None,
+        *,
+        before_beat: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """`before_beat`: more to collect each period (the agent reads modules' reported
+        properties); a failure there is logged and the beat goes on."""
         self.topics = topics
         self.book = book
         self.runtime = runtime
         self.transport = transport
         self.period_s = period_s
         self.keys_for = keys_for
+        self.before_beat = before_beat
 
     async def run(self) -> None:
         session: aiohttp.ClientSession | None = None
@@ -54,6 +62,11 @@ class Heartbeat:
                     session = None
                 if session is not None:
                     await self.collect_inference_stats(session)
+                if self.before_beat is not None:
+                    try:
+                        await self.before_beat()
+                    except Exception:
+                        log.exception("heartbeat: collecting module state failed")
                 if self.transport.connected:
                     await self.beat()
         finally:

@@ -38,6 +38,8 @@ class StatusBook:
         self.refused: deque[Refusal] = deque(maxlen=REFUSALS_KEPT)
         self.seq = 0
         self._progress_reported: dict[str, float] = {}  # module -> monotonic time of the last report
+        # module -> its twin's reported properties (`modules.scoring.twin`), whatever its entry
+        self._reported_properties: dict[str, dict[str, Any]] = {}
 
     # -- modules ------------------------------------------------------------------------------
 
@@ -56,8 +58,25 @@ class StatusBook:
             )
         if failure and state.last_error is None:
             state = state.model_copy(update={"last_error": failure})
-        self.modules[name] = state
+        self.modules[name] = self._with_reported(name, state)
         self._on_change()
+
+    def module_reported(self, name: str, properties: dict[str, Any] | None) -> None:
+        """The properties a module reports about itself (None: none)."""
+        if properties is None:
+            self._reported_properties.pop(name, None)
+        else:
+            self._reported_properties[name] = properties
+        state = self.modules.get(name)
+        if state is not None and state.reported_properties != properties:
+            self.modules[name] = state.model_copy(update={"reported_properties": properties})
+            self._on_change()
+
+    def _with_reported(self, name: str, state: ModuleState) -> ModuleState:
+        properties = self._reported_properties.get(name)
+        if state.reported_properties == properties:
+            return state
+        return state.model_copy(update={"reported_properties": properties})
 
     def module_waiting(self, name: str, deployment: str | None, reason: str) -> None:
         self.modules[name] = ModuleState(
@@ -113,6 +132,7 @@ class StatusBook:
         self._on_change()
 
     def module_removed(self, name: str) -> None:
+        self._reported_properties.pop(name, None)
         if self.modules.pop(name, None) is not None:
             self._on_change()
 
@@ -156,7 +176,7 @@ class StatusBook:
             tags=self.tags,
             device=device,
             deployments=dict(self.deployments),
-            modules=dict(self.modules),
+            modules={name: self._with_reported(name, m) for name, m in self.modules.items()},
             refused=list(self.refused),
         )
 

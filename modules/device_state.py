@@ -49,6 +49,8 @@ class ModuleState(BaseModel):
     inference_count: int = 0
     inference_errors: int = 0
     latency_ms_avg: float | None = None
+    # what the module reports through its twin (`modules.scoring.twin.report`); None: nothing
+    reported_properties: dict[str, Any] | None = None
 
 
 class DeploymentState(BaseModel):

@@ -183,6 +183,7 @@ def device_row(
             "inference_errors": m.inference_errors,
             "inferences_per_min": _rate_per_min(m, report.at),
             "latency_ms_avg": m.latency_ms_avg,
+            "reported_properties": m.reported_properties,
         }
         for name, m in sorted(report.modules.items())
     }

@@ -101,17 +101,19 @@ class Publisher:
                 "settings": settings,
             }
         }
+        modules_content: dict[str, Any] = {
+            "$edgeAgent": {"properties.desired": {"schemaVersion": "1.1", "modules": modules}}
+        }
+        twin = fields.pop("twin", None)  # the module twin's desired properties
+        if twin is not None:
+            modules_content["scorer"] = {"properties.desired": twin}
         data = {
             "fleet": self.topics.fleet,
             "name": name,
             "version": version,
             "targetCondition": fields.pop("target", "*"),
             "createdAt": datetime.now(UTC).isoformat(),
-            "content": {
-                "modulesContent": {
-                    "$edgeAgent": {"properties.desired": {"schemaVersion": "1.1", "modules": modules}}
-                }
-            },
+            "content": {"modulesContent": modules_content},
             **fields,
         }
         return DeploymentDocument.model_validate(data)
