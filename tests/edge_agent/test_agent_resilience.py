@@ -160,8 +160,15 @@ async def test_agent_killed_with_sigkill_readopts_its_module_without_a_second_co
             assert resp.status == 200, await resp.text()
 
         second = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        # re-adopted and judged: the first reconcile pass of the new agent reports the deployment
         after = await wait_for(
-            lambda: module_running(), timeout=90, what="module running under the second agent"
+            lambda: (
+                (state := module_running())
+                and (state.get("deployments") or {}).get("iris", {}).get("outcome") == "applied"
+                and state
+            ),
+            timeout=90,
+            what="module running and its deployment applied under the second agent",
         )
         assert after["modules"]["scorer"]["pid"] == pid
         assert _scoring_processes(marker) == [pid]
