@@ -242,8 +242,10 @@ async def test_corrupted_blob_on_disk_is_detected_and_fetched_again(
     await wait_for(
         lambda: agent.deployments.get("iris") and agent.deployments["iris"].version == 2, what="v2"
     )
-    await wait_for(lambda: running_with(agent, module.digest), what="module running again")
-    assert agent.deployments["iris"].outcome == "applied"
+    await wait_for(
+        lambda: running_with(agent, module.digest) and agent.deployments["iris"].outcome == "applied",
+        what="module running again and v2 applied",
+    )
     assert agent.store.blob_path(model_digest).read_bytes() == original
     async with aiohttp.ClientSession() as session:
         assert (await _score(port, session))["predictions"][1] == "versicolor"
