@@ -1,8 +1,10 @@
-"""Hostile sizes cost little: refused early, quickly, without copies and without a traceback."""
+"""Hostile sizes cost little: refused early, without copies and without a traceback.
+
+How fast is bench territory, not a test's: a pathological (quadratic, unbounded) path would show
+up as the per-test timeout."""
 
 from __future__ import annotations
 
-import time
 import tracemalloc
 
 import pytest
@@ -13,24 +15,19 @@ from modules.safe_json import PayloadRefused, loads_limited
 from tests.deployment._factories import document
 
 MIB = 1024 * 1024
-# Generous bounds: these tests show "no quadratic or unbounded work", not a benchmark (see bench/).
-QUICK_S = 1.0
 
 
 def test_a_50_mb_payload_is_refused_before_it_is_decoded_or_copied() -> None:
     payload = b'{"a": "' + b"x" * (50 * MIB) + b'"}'
     tracemalloc.start()
     try:
-        started = time.perf_counter()
         with pytest.raises(PayloadRefused, match=rf"payload of {len(payload)} bytes is above the limit"):
             loads_limited(payload)
-        elapsed = time.perf_counter() - started
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
 
     assert peak < 1 * MIB, f"refusing allocated {peak} bytes"
-    assert elapsed < QUICK_S
 
 
 @pytest.mark.parametrize(
@@ -39,10 +36,8 @@ def test_a_50_mb_payload_is_refused_before_it_is_decoded_or_copied() -> None:
     ids=["arrays", "objects", "unclosed-1MB"],
 )
 def test_deep_nesting_is_refused_with_a_reason_not_a_recursion_error(payload: bytes) -> None:
-    started = time.perf_counter()
     with pytest.raises(PayloadRefused, match="nesting deeper than 64"):
         loads_limited(payload)
-    assert time.perf_counter() - started < QUICK_S
 
 
 def test_a_5000_digit_integer_is_refused_with_a_reason_not_a_value_error() -> None:
@@ -50,12 +45,10 @@ def test_a_5000_digit_integer_is_refused_with_a_reason_not_a_value_error() -> No
         loads_limited(b'{"version": ' + b"7" * 5000 + b"}")
 
 
-def test_many_backslashes_and_quotes_near_the_size_limit_are_quick() -> None:
+def test_many_backslashes_and_quotes_near_the_size_limit_are_refused() -> None:
     for payload in (b'["\\' * 349_000, b'"' * MIB, b"\\" * MIB, b'[""' * 349_000):
-        started = time.perf_counter()
         with pytest.raises(PayloadRefused):
             loads_limited(payload)
-        assert time.perf_counter() - started < QUICK_S
 
 
 @pytest.mark.parametrize(
@@ -63,11 +56,9 @@ def test_many_backslashes_and_quotes_near_the_size_limit_are_quick() -> None:
     ["NOT " * 10_000 + "tags.a = 1", "(" * 10_000 + "tags.a = 1" + ")" * 10_000],
     ids=["not", "parentheses"],
 )
-def test_a_10000_deep_condition_is_refused_cleanly_and_quickly(text: str) -> None:
-    started = time.perf_counter()
+def test_a_10000_deep_condition_is_refused_cleanly(text: str) -> None:
     with pytest.raises(ConditionSyntaxError, match="longer than the limit of 4096") as caught:
         parse_condition(text)
-    assert time.perf_counter() - started < QUICK_S
     assert len(str(caught.value)) < 500  # the message quotes the start of the condition, not all of it
 
 
