@@ -3,8 +3,8 @@
 One `dockerd` per test session, with its own data root, exec root, socket and empty config under a
 folder the session owns, so it shares nothing with an engine the machine may already run and
 leaves nothing behind. `--iptables=false --bridge=none`: containers use host networking only.
-Under `CI=true` a missing `docker.io` or an engine that does not start fails the run; elsewhere
-the tests that need it are skipped with the reason.
+A missing `docker.io` or an engine that does not start fails the tests that need it, with the
+reason; they never skip.
 """
 
 from __future__ import annotations

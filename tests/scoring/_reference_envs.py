@@ -7,9 +7,8 @@ built by the tests the first time they need it and cached under `.pytest_cache/s
 later run (and a later session on the same machine) starts at once. `rm -r` the folder to
 rebuild.
 
-Installing needs the package index. Under `CI=true` a venv that cannot be built fails the test
-with pip's own words; elsewhere the test is skipped with them, since a developer offline has
-no way to get the reference.
+Installing needs the package index: a venv that cannot be built fails the test with pip's own
+words; it never skips.
 """
 
 from __future__ import annotations
