@@ -10,7 +10,6 @@ import asyncio
 import base64
 import json
 import os
-import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from modules.deployment import sign_mapping
 from publisher import FleetConnection, Workspace, _deploy
 from publisher._deploy import DeploymentSettings
-from tests.edge_agent._fleet import mqtt_client
+from tests.edge_agent._fleet import mqtt_client, read_retained
 
 FAKE_DIGEST = "sha256:" + "ab" * 32
 
@@ -74,24 +73,7 @@ async def aretained(port: int, prefix: str) -> dict[str, bytes]:
 
 def held(port: int, topic: str, timeout: float = 2.0) -> bytes | None:
     """The retained message on one topic: returns as soon as it arrives, None if none does."""
-    got: list[bytes] = []
-    done = threading.Event()
-    client = mqtt_client(f"reader-{os.urandom(3).hex()}")
-
-    def on_message(_c, _u, msg) -> None:  # type: ignore[no-untyped-def]
-        got.append(msg.payload)
-        done.set()
-
-    client.on_message = on_message
-    client.connect("127.0.0.1", port)
-    client.subscribe(topic, qos=1)
-    client.loop_start()
-    try:
-        done.wait(timeout)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return got[0] if got else None
+    return read_retained(port, topic, timeout)
 
 
 async def aheld(port: int, topic: str) -> bytes | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 from pathlib import Path
 
 import aiohttp
@@ -13,35 +12,16 @@ import aiohttp
 from modules.service_keys import device_public_key
 from publisher import DeploymentConfig, InferenceConfig, Model, Service, Workspace
 from tests._services import Service as RealService
-from tests.edge_agent._fleet import SAMPLE, mqtt_client, wait_for
+from tests.edge_agent._fleet import SAMPLE, wait_for
+from tests.publisher._forge import retained_under
 from tests.publisher._harness import IRIS, acli, fleet, workspace
 
 SCORE = Path(__file__).resolve().parents[2] / "examples" / "iris-service" / "score.py"
 
 
 def _every_retained_message(port: int, idle: float = 1.5) -> dict[str, bytes]:
-    """All retained messages the broker holds, read the way anyone on the broker could: subscribe
-    to everything and stop once nothing has arrived for `idle` seconds."""
-    seen: dict[str, bytes] = {}
-    last = [time.monotonic()]
-    client = mqtt_client(f"reader-{os.urandom(3).hex()}")
-
-    def on_message(_c, _u, msg) -> None:  # type: ignore[no-untyped-def]
-        if msg.retain:
-            seen[msg.topic] = msg.payload
-        last[0] = time.monotonic()
-
-    client.on_message = on_message
-    client.connect("127.0.0.1", port)
-    client.subscribe("#", qos=1)
-    client.loop_start()
-    try:
-        while time.monotonic() - last[0] < idle:
-            time.sleep(0.1)
-    finally:
-        client.loop_stop()
-        client.disconnect()
-    return seen
+    """All retained messages of the fleet's topics, read the way anyone on the broker could."""
+    return retained_under(port, "modelfleet", idle)
 
 
 async def _status(uri: str, key: str | None) -> int:
