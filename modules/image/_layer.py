@@ -15,7 +15,7 @@ import io
 import os
 import stat
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -126,31 +126,41 @@ class LayerWriter:
 
     def write(self, dest: Path, comment: str) -> Layer:
         """Write the layer to `dest` (via a temporary name, renamed when complete)."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        partial = dest.with_name(dest.name + f".{os.getpid()}.partial")
-        try:
-            with partial.open("wb") as out:
-                blob = _Hashing(out)
-                with gzip.GzipFile(
-                    filename="", mode="wb", fileobj=blob, mtime=0, compresslevel=COMPRESS_LEVEL
-                ) as gz:
-                    raw = _Hashing(gz)
-                    with tarfile.open(fileobj=raw, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                        for path in sorted(self._entries):
-                            _add(tar, self._entries[path])
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(partial, dest)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                partial.unlink()
-        return Layer(
-            path=dest,
-            digest="sha256:" + blob.hash.hexdigest(),
-            diff_id="sha256:" + raw.hash.hexdigest(),
-            size=blob.count,
-            comment=comment,
-        )
+
+        def fill(tar: tarfile.TarFile) -> None:
+            for path in sorted(self._entries):
+                _add(tar, self._entries[path])
+
+        return _write_layer(dest, comment, fill)
+
+
+def _write_layer(dest: Path, comment: str, fill: Callable[[tarfile.TarFile], None]) -> Layer:
+    """A gzip-compressed tar at `dest`, its blob digest and its diff id computed as it is written:
+    through a temporary name, fsynced, renamed when complete; no time in the gzip header."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + f".{os.getpid()}.partial")
+    try:
+        with partial.open("wb") as out:
+            blob = _Hashing(out)
+            with gzip.GzipFile(
+                filename="", mode="wb", fileobj=blob, mtime=0, compresslevel=COMPRESS_LEVEL
+            ) as gz:
+                raw = _Hashing(gz)
+                with tarfile.open(fileobj=raw, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                    fill(tar)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+    return Layer(
+        path=dest,
+        digest="sha256:" + blob.hash.hexdigest(),
+        diff_id="sha256:" + raw.hash.hexdigest(),
+        size=blob.count,
+        comment=comment,
+    )
 
 
 def _info(entry: _Entry) -> tarfile.TarInfo:
@@ -188,35 +198,20 @@ def write_rootfs_layer(root: Path, dest: Path, comment: str) -> Layer:
     a system needs its setuid bits and group-owned files, and Python's `.pyc` files are checked
     against their sources' times. Entries are still sorted and the gzip header has no time.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(dest.name + f".{os.getpid()}.partial")
-    try:
-        with partial.open("wb") as out:
-            blob = _Hashing(out)
-            with gzip.GzipFile(
-                filename="", mode="wb", fileobj=blob, mtime=0, compresslevel=COMPRESS_LEVEL
-            ) as gz:
-                raw = _Hashing(gz)
-                with tarfile.open(fileobj=raw, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                    for path, arcname in _walk_sorted(root):
-                        info = tar.gettarinfo(str(path), arcname)
-                        if info is None:  # sockets and the like: nothing a container needs
-                            continue
-                        info.uname = info.gname = ""
-                        if info.isreg():
-                            with path.open("rb") as f:
-                                tar.addfile(info, f)
-                        else:
-                            tar.addfile(info)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(partial, dest)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            partial.unlink()
-    return Layer(
-        dest, "sha256:" + blob.hash.hexdigest(), "sha256:" + raw.hash.hexdigest(), blob.count, comment
-    )
+
+    def fill(tar: tarfile.TarFile) -> None:
+        for path, arcname in _walk_sorted(root):
+            info = tar.gettarinfo(str(path), arcname)
+            if info is None:  # sockets and the like: nothing a container needs
+                continue
+            info.uname = info.gname = ""
+            if info.isreg():
+                with path.open("rb") as f:
+                    tar.addfile(info, f)
+            else:
+                tar.addfile(info)
+
+    return _write_layer(dest, comment, fill)
 
 
 def _walk_sorted(root: Path) -> Iterator[tuple[Path, str]]:
