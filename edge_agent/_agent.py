@@ -40,6 +40,7 @@ from typing import Any, cast
 from pydantic import ValidationError
 
 from edge_agent._config import AgentConfig
+from edge_agent._control_plane import default_transport
 from edge_agent._device_info import device_info
 from edge_agent._executor import Executor, RegistryFactory, twin_dir
 from edge_agent._heartbeat import Heartbeat
@@ -72,7 +73,6 @@ from modules.deployment import (
     select_deployments,
 )
 from modules.device_state import ModuleState, Presence, ReportedState
-from modules.mqtt import MqttSettings, MqttTransport
 from modules.scoring import twin
 from modules.service_keys import device_public_key, load_or_create_device_key
 from modules.signing import load_public_key
@@ -127,7 +127,7 @@ class Agent:
         outcomes_first = cast(ModuleRuntime, _OutcomesFirst(self.runtime, self._write_outcomes))
         self.runner = PlanRunner(outcomes_first, self._record_outcome)
         self._outcomes_unwritten = False
-        self.transport: Transport = transport or self._mqtt_transport()
+        self.transport: Transport = transport or self._default_transport()
         self.methods = DirectMethods(
             self.device_id,
             self.topics,
@@ -196,23 +196,9 @@ class Agent:
             log.warning("no trusted publisher keys configured: every deployment will be refused")
         return keys
 
-    def _mqtt_transport(self) -> MqttTransport:
-        c = self.config
-        settings = MqttSettings(
-            url=c.hub,
-            client_id=f"modelfleet-agent-{c.fleet}-{c.device_id}",
-            username=c.mqtt_username,
-            password=c.secret("mqtt_password"),
-            tls_ca_file=c.mqtt_tls_ca_file,
-            tls_cert_file=c.mqtt_tls_cert_file,
-            tls_key_file=c.mqtt_tls_key_file,
-        )
+    def _default_transport(self) -> Transport:
         will = Presence(device_id=self.device_id, online=False).model_dump_json().encode()
-        return MqttTransport(
-            settings,
-            will=(self.topics.status(self.device_id), will, True),
-            max_payload_bytes=c.max_payload_bytes,
-        )
+        return default_transport(self.config, (self.topics.status(self.device_id), will, True))
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         self._tasks.append(asyncio.create_task(coro, name=name))

@@ -35,6 +35,7 @@ ENVIRONMENT = {
     "mqtt_username": "MODELFLEET_MQTT_USERNAME",
     "mqtt_password": "MODELFLEET_MQTT_PASSWORD",
     "data_dir": "MODELFLEET_DATA_DIR",
+    "iothub_connection_string": "MODELFLEET_IOTHUB_CONNECTION_STRING",
 }
 
 
@@ -56,6 +57,13 @@ class AgentConfig(BaseModel):
     mqtt_tls_ca_file: Path | None = None
     mqtt_tls_cert_file: Path | None = None
     mqtt_tls_key_file: Path | None = None
+    # Azure IoT Hub as the control plane (`hub = "azureiot://..."`): a device connection string
+    # (symmetric key) or an X.509 certificate and key, and the CA that verifies the hub's server.
+    iothub_connection_string: SecretStr | None = None
+    iothub_connection_string_file: Path | None = None
+    iothub_x509_cert_file: Path | None = None
+    iothub_x509_key_file: Path | None = None
+    iothub_ca_file: Path | None = None
     trust: list[Path] = Field(default_factory=list, description="Publisher public keys (PEM) to trust")
     data_dir: Path = Path("/var/lib/modelfleet")
     listen_host: str = Field("0.0.0.0", description="Address module ports listen on")
@@ -84,6 +92,10 @@ class AgentConfig(BaseModel):
         "mqtt_tls_ca_file",
         "mqtt_tls_cert_file",
         "mqtt_tls_key_file",
+        "iothub_connection_string_file",
+        "iothub_x509_cert_file",
+        "iothub_x509_key_file",
+        "iothub_ca_file",
     )
     @classmethod
     def _absolute(cls, value: Path | list[Path] | None) -> Path | list[Path] | None:
