@@ -6,7 +6,12 @@ clients, so a second control plane is a new branch here and nothing in the agent
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 from edge_agent._config import AgentConfig
+from modules import ConfigError
+from modules.azureiot import SCHEME as IOTHUB_SCHEME
+from modules.azureiot import IotHubSettings, IotHubTransport, hub_host
 from modules.mqtt import MqttSettings, MqttTransport
 from modules.transport import Transport
 
@@ -15,7 +20,11 @@ Will = tuple[str, bytes, bool]
 
 
 def default_transport(config: AgentConfig, will: Will) -> Transport:
-    """The transport for `config.hub`: `mqtt://` and `mqtts://` (Mosquitto, the embedded hub)."""
+    """The transport for `config.hub`: `mqtt://` and `mqtts://` (Mosquitto, the embedded hub), or
+    `azureiot://<hub host>` (Azure IoT Hub through azure-iot-device; IoT Hub has no last will:
+    its own twin shows whether the device is connected, see docs/azure-iot-hub.md)."""
+    if config.hub.startswith(f"{IOTHUB_SCHEME}:"):
+        return iothub_transport(config)
     settings = MqttSettings(
         url=config.hub,
         client_id=f"modelfleet-agent-{config.fleet}-{config.device_id}",
@@ -26,3 +35,19 @@ def default_transport(config: AgentConfig, will: Will) -> Transport:
         tls_key_file=config.mqtt_tls_key_file,
     )
     return MqttTransport(settings, will=will, max_payload_bytes=config.max_payload_bytes)
+
+
+def iothub_transport(config: AgentConfig) -> IotHubTransport:
+    try:
+        settings = IotHubSettings(
+            device_id=config.device_id,
+            fleet=config.fleet,
+            hostname=hub_host(config.hub),
+            connection_string=config.secret("iothub_connection_string"),
+            x509_cert_file=config.iothub_x509_cert_file,
+            x509_key_file=config.iothub_x509_key_file,
+            ca_file=config.iothub_ca_file,
+        )
+    except ValidationError as exc:
+        raise ConfigError(f"IoT Hub settings: {exc.errors()[0]['msg']}") from None
+    return IotHubTransport(settings, max_payload_bytes=config.max_payload_bytes)

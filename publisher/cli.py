@@ -47,7 +47,11 @@ def _connection_options() -> argparse.ArgumentParser:
     g = common.add_argument_group("workspace")
     g.add_argument("--config", help="modelfleet.toml to use (default: nearest one, or MODELFLEET_CONFIG)")
     g.add_argument("--registry", help="registry URL (env MODELFLEET_REGISTRY)")
-    g.add_argument("--hub", help="control-plane URL (env MODELFLEET_HUB)")
+    g.add_argument(
+        "--hub",
+        help="control plane: mqtt[s]://host:port, or azureiot://<hub>.azure-devices.net with "
+        "MODELFLEET_IOTHUB_SERVICE_CONNECTION_STRING set (env MODELFLEET_HUB)",
+    )
     g.add_argument("--fleet", help="fleet name (env MODELFLEET_FLEET)")
     g.add_argument("--registry-user", help="registry user (env MODELFLEET_REGISTRY_USERNAME)")
     g.add_argument(
