@@ -28,7 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--tag", action="append", metavar="K=V", help="device tag (repeatable); true/false/numbers typed"
     )
-    run.add_argument("--hub", help="mqtt://host:port or mqtts://host:port")
+    run.add_argument(
+        "--hub", help="mqtt://host:port, mqtts://host:port or azureiot://<IoT hub host> (see the docs)"
+    )
     run.add_argument("--registry")
     run.add_argument(
         "--trust", action="append", type=Path, metavar="PUBKEY_FILE", help="publisher key to trust"

@@ -16,19 +16,13 @@ from modules.tags import parse_tags
 from publisher import _deploy, _enrolment
 from publisher._cli_output import print_json, table
 from publisher._deploy import DeploymentSettings
+from publisher._fleet import open_fleet
 from publisher._hub import FleetConnection
 from publisher._iotedge_report import fleet_edge_agent_reported
-from publisher._iothub import IotHubFleet, is_iothub
 from publisher._rollout import UNSTAGED_MAX_FAILURE_RATIO, ProgressDisplay, drive
 from publisher._status import STATUS_HEADERS, device_row, fleet_status, status_table
 from publisher._trust import deployment_slot
 from publisher._workspace import Workspace
-
-
-def connect(ws: Workspace) -> Any:
-    """The fleet's control plane, by the hub's scheme: MQTT (`FleetConnection`) or IoT Hub's
-    service API (`IotHubFleet`, docs/azure-iot-hub.md); both offer the same snapshot and calls."""
-    return IotHubFleet(ws) if is_iothub(ws.hub) else FleetConnection(ws)
 
 
 def _changes(args: argparse.Namespace) -> dict[str, Any]:
@@ -122,7 +116,7 @@ async def _export(hub: FleetConnection, ws: Workspace, args: argparse.Namespace)
 
 
 async def _deploy_async(ws: Workspace, args: argparse.Namespace) -> int:
-    async with connect(ws) as hub:
+    async with open_fleet(ws) as hub:
         if args.action == "import":
             return await _import(hub, ws, args)
         if args.action == "export":
@@ -274,7 +268,7 @@ def _iotedge_reported(snap: Any, device_ids: list[str]) -> dict[str, Any]:
 
 async def _status_async(ws: Workspace, args: argparse.Namespace) -> int:
     output = _output_format(args)
-    async with connect(ws) as hub:
+    async with open_fleet(ws) as hub:
         status = fleet_status(
             hub.snapshot,
             _deploy.documents(hub),
@@ -353,7 +347,7 @@ def _enrolment_commands(ws: Workspace, args: argparse.Namespace) -> int:
 
 
 async def _device_async(ws: Workspace, args: argparse.Namespace) -> int:
-    async with connect(ws) as hub:
+    async with open_fleet(ws) as hub:
         snap = hub.snapshot
         enrolled = _enrolment.all_enrolled(ws)
         if args.action == "list":

@@ -26,6 +26,7 @@ from modules.device_state import ReportedState
 from modules.spec import HealthProbe, Resources, Scoring
 from publisher import _deploy, _service_keys
 from publisher._deploy import DeploymentSettings
+from publisher._fleet import open_fleet
 from publisher._hub import FleetConnection
 from publisher._model import Model
 from publisher._module import Module
@@ -132,7 +133,7 @@ class Service:
         asyncio.run(self._refresh())
 
     async def _refresh(self) -> None:
-        async with FleetConnection(self.workspace) as hub:
+        async with open_fleet(self.workspace) as hub:
             self._read(hub)
 
     def _read(self, hub: FleetConnection) -> None:
@@ -223,7 +224,7 @@ class Service:
 
     async def _get_logs(self, tail: int, device_id: str | None) -> dict[str, dict[str, list[str]]]:
         out: dict[str, dict[str, list[str]]] = {}
-        async with FleetConnection(self.workspace) as hub:
+        async with open_fleet(self.workspace) as hub:
             self._read(hub)
             for device, report in sorted(hub.snapshot.reports.items()):
                 if (device_id is not None and device != device_id) or not hub.snapshot.online(device):
@@ -247,7 +248,7 @@ class Service:
         return asyncio.run(self._wait(show_output, timeout_sec, max_failure_ratio))
 
     async def _wait(self, show_output: bool, timeout_sec: float, max_failure_ratio: float) -> RolloutResult:
-        async with FleetConnection(self.workspace) as hub:
+        async with open_fleet(self.workspace) as hub:
             self._read(hub)
             display = ProgressDisplay(sys.stdout, enabled=show_output)
             result = await drive(
@@ -288,7 +289,7 @@ class Service:
         modules: list[str | Module] | None = None
         if models:
             modules = [await self._new_module(models, inference_config)]
-        async with FleetConnection(self.workspace) as hub:
+        async with open_fleet(self.workspace) as hub:
             _, self._previous = await _deploy.update(
                 hub, self.workspace, self.name, modules, device=self.device, **settings
             )
@@ -338,7 +339,7 @@ class Service:
         asyncio.run(self._regen(key.lower()))
 
     async def _regen(self, key: str) -> None:
-        async with FleetConnection(self.workspace) as hub:
+        async with open_fleet(self.workspace) as hub:
             await _service_keys.regenerate(hub, self.workspace, self.name, key)  # type: ignore[arg-type]
 
     def delete(self) -> None:
@@ -346,7 +347,7 @@ class Service:
         asyncio.run(self._delete())
 
     async def _delete(self) -> None:
-        async with FleetConnection(self.workspace) as hub:
+        async with open_fleet(self.workspace) as hub:
             await _deploy.delete(hub, self.name, device=self.device, workspace=self.workspace)
 
     def __repr__(self) -> str:
@@ -415,7 +416,7 @@ def deploy(
         module = await _package(workspace, name, models, config, package_options)
         if show_output:
             print(f"packaged module {module.id} ({module.digest[:19]})")
-        async with FleetConnection(workspace) as hub:
+        async with open_fleet(workspace) as hub:
             if overwrite and _deploy.current(hub, name, settings.device) is not None:
                 changes = settings.model_dump(exclude_unset=True)
                 changes.pop("device", None)

@@ -12,6 +12,7 @@ declare -A wanted=(
   [iproute2]=/usr/sbin/tc
   [docker.io]=/usr/sbin/dockerd
   [debootstrap]=/usr/sbin/debootstrap
+  [util-linux]=/usr/bin/nsenter
 )
 missing=()
 for pkg in "${!wanted[@]}"; do
