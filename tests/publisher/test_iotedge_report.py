@@ -246,7 +246,7 @@ def fleet(monkeypatch: pytest.MonkeyPatch) -> FleetSnapshot:
     snap.presence["dev-01"] = Presence(device_id="dev-01", online=True, at=AT)
     snap.presence["dev-02"] = Presence(device_id="dev-02", online=False, at=AT)
     snap.unreadable["dev-02"] = {"reported": "not JSON"}
-    monkeypatch.setattr(_deploy_cli, "FleetConnection", lambda ws: _FakeHub(snap))
+    monkeypatch.setattr(_deploy_cli, "open_fleet", lambda ws: _FakeHub(snap))
     monkeypatch.setattr(_deploy_cli._deploy, "documents", lambda hub: [])
     monkeypatch.setattr(_deploy_cli._deploy, "unverified", lambda hub: [])
     monkeypatch.setattr(_deploy_cli._enrolment, "all_enrolled", lambda ws: {})
