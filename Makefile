@@ -17,7 +17,7 @@ $(VENV)/.installed-run: pyproject.toml | $(PY)
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[cpu,dev]'
+	$(PY) -m pip install -q -e '.[cpu,dev,docker]'
 	touch $@ $(VENV)/.installed-run
 
 venv: $(VENV)/.installed-dev

@@ -35,6 +35,7 @@ ENVIRONMENT = {
     "mqtt_username": "MODELFLEET_MQTT_USERNAME",
     "mqtt_password": "MODELFLEET_MQTT_PASSWORD",
     "data_dir": "MODELFLEET_DATA_DIR",
+    "docker_host": "MODELFLEET_DOCKER_HOST",
     "iothub_connection_string": "MODELFLEET_IOTHUB_CONNECTION_STRING",
 }
 
@@ -82,6 +83,27 @@ class AgentConfig(BaseModel):
     deny_env: list[str] = Field(
         default_factory=lambda: list(DEFAULT_DENIED_ENV),
         description="Env names (shell patterns) a deployment may not set in a module",
+    )
+    # The docker runtime (modules with an image): the engine, and what a deployment's create
+    # options may ask of it. The device owner sets these; a deployment cannot.
+    docker_host: str | None = Field(
+        None, description="Docker engine URL for container modules (default: DOCKER_HOST, else the socket)"
+    )
+    docker_allow_privileged: bool = Field(False, description="Allow HostConfig.Privileged")
+    docker_allow_host_namespaces: bool = Field(
+        False, description="Allow the host's PID, IPC, UTS, user and cgroup namespaces"
+    )
+    docker_bind_paths: list[str] = Field(
+        default_factory=list, description="Host paths (and what is below them) a container may bind"
+    )
+    docker_device_paths: list[str] = Field(
+        default_factory=list, description="Host devices (and what is below them) a container may be given"
+    )
+    docker_capabilities: list[str] = Field(
+        default_factory=list, description="Capabilities a container may add (HostConfig.CapAdd)"
+    )
+    docker_tag_poll_s: float = Field(
+        300.0, gt=0, description="How often an image named by tag is looked up again (a re-pushed tag)"
     )
 
     @field_validator(

@@ -1,13 +1,17 @@
-"""The default module runtime: carries out the planner's commands on real processes, safely.
+"""The default module runtime: carries out the planner's commands on real processes or containers,
+safely.
 
-A new version always starts beside the one serving, on its own internal port, and must pass
-readiness and a smoke request before the module's public port (a front proxy) is switched to it;
-in-flight requests to the old one drain before it stops. Any failure on the way leaves the old
-version serving: that is the rollback.
+A module with an image (an IoT Edge docker module, or a modelfleet module built as an image) runs as
+a container (`_docker_modules.py`); every other module as a process from the artifact store. Both
+get the same treatment: a new version always starts beside the one serving, on its own internal
+port, and must pass readiness and a smoke request before the module's public port (a front proxy)
+is switched to it; in-flight requests to the old one drain before it stops. Any failure on the way
+leaves the old version serving: that is the rollback.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import re
@@ -16,19 +20,23 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edge_agent._config import AgentConfig
 from edge_agent._device_info import execution_providers
 from edge_agent._module_runtime import KeysLookup, ProgressListener, StateListener
-from edge_agent._planner import DesiredModule, Remove, Replace, Start
+from edge_agent._planner import ActualModule, DesiredModule, Remove, Replace, Start
 from edge_agent._runtime import Backoff, FrontProxy, InstanceConfig, ProcessRuntime, Supervisor
+from edge_agent._runtime._docker_modules import ContainerModules
 from edge_agent._state import InstanceRecord
 from edge_agent._store import ArtifactStore, StoredModule
 from modules import ModelfleetError
+from modules.deployment.registry_secrets import DeploymentSecrets
 from modules.device_state import ModuleState
 from modules.oci import RegistryClient, RegistryCredentials
 from modules.scoring.twin import TWIN_DIR_ENV
 from modules.spec import HealthProbe, Resources
+from modules.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +82,25 @@ class Executor:
         store: ArtifactStore,
         runtime: ProcessRuntime,
         registry: RegistryFactory | None = None,
+        containers: ContainerModules | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.runtime = runtime
         self.registry = registry or self._registry
+        # Container modules; the engine is reached on first use only, so a device without Docker
+        # runs process modules as before.
+        self.containers = containers or ContainerModules(config)
         self.on_state: StateListener = lambda _name, _state: None
         self.keys_for: KeysLookup = lambda _deployment: None
         self.on_progress: ProgressListener | None = None
         self.running: dict[str, RunningModule] = {}
         self._serial = itertools.count(1)
         self._emit: dict[int, Callable[[], None]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tag_watch: asyncio.Task[None] | None = None
+        # module -> a digest its tag pointed at that did not come up: not tried again
+        self._bad_digests: dict[str, str] = {}
 
     def bind(
         self, on_state: StateListener, keys_for: KeysLookup, on_progress: ProgressListener | None = None
@@ -97,13 +113,22 @@ class Executor:
         return {name: running.record for name, running in self.running.items()}
 
     def logs(self, name: str, tail: int) -> list[str]:
+        running = self.running.get(name)
+        if running is not None and running.record.desired.kind == "docker":
+            return self.containers.logs(name, tail)
+        if running is None and self.containers.has_logs(name):
+            return self.containers.logs(name, tail)
         return self.runtime.logs(name, tail)
 
     async def execution_providers(self) -> list[str]:
         return await execution_providers()
 
     async def prune(self, keep_digests: set[str]) -> None:
-        await self.store.gc_async(keep_digests)
+        # a container module named by tag has no artifact digest (""): nothing of it is in the store
+        await self.store.gc_async({d for d in keep_digests if d})
+        await self.containers.prune(
+            {r.record.instance_id for r in self.running.values() if r.record.desired.kind == "docker"}
+        )
 
     # -- building blocks ----------------------------------------------------------------------
 
@@ -136,6 +161,8 @@ class Executor:
         self, desired: DesiredModule, stored: StoredModule, instance_id: str, port: int
     ) -> InstanceConfig:
         keys = self.keys_for(desired.deployment) if desired.keys_version is not None else None
+        if not desired.auth_required and isinstance(keys, DeploymentSecrets) and keys.registry_credentials:
+            keys = None  # sealed for the deployment's registry credentials, not for key auth
         if desired.auth_required and keys is None:
             # Fail closed: a module that must check keys never serves without them.
             raise ModuleStartFailed(f"module {desired.name} requires scoring keys, and none are open")
@@ -158,8 +185,17 @@ class Executor:
         )
 
     def _supervisor(
-        self, desired: DesiredModule, config: InstanceConfig, version: int | None, python: str | None
+        self,
+        desired: DesiredModule,
+        config: InstanceConfig,
+        version: int | None,
+        python: str | None,
+        *,
+        launcher: Any = None,
+        probe_health: bool = True,
+        digest: str | None = None,
     ) -> Supervisor:
+        """`launcher`: a container's (`ContainerModules.launcher`); None for a process."""
         probe = (
             HealthProbe.model_validate(desired.health_probe)
             if desired.health_probe
@@ -177,7 +213,7 @@ class Executor:
                     "name": desired.name,
                     "deployment": desired.deployment,
                     "module": desired.repository,
-                    "digest": desired.digest,
+                    "digest": digest or desired.digest,
                     "version": version,
                     "port": self.config.module_port(desired.port),
                 }
@@ -185,7 +221,7 @@ class Executor:
             self.on_state(desired.name, state)
 
         supervisor = Supervisor(
-            self.runtime,
+            launcher if launcher is not None else self.runtime,
             config,
             policy=desired.restart_policy,  # type: ignore[arg-type]
             backoff=self._backoff(),
@@ -194,9 +230,12 @@ class Executor:
             smoke_test=True,
             ready_timeout=self.config.start_timeout_s,
             python=python,
-            resources=Resources.model_validate(desired.resources)
+            resources=None
+            if launcher is not None  # a container's limits are its create options, enforced by the engine
+            else Resources.model_validate(desired.resources)
             if desired.resources
             else config.spec.resources,
+            probe_health=probe_health,
         )
         holder.append(supervisor)
         self._emit[id(supervisor)] = lambda: forward(supervisor.state)
@@ -212,19 +251,22 @@ class Executor:
         current = self.running.get(desired.name)
         if (
             current is not None
-            and current.record.digest != desired.digest
+            and (
+                current.record.digest != desired.digest
+                or (desired.kind == "docker" and current.record.fingerprint != desired.fingerprint)
+            )
             and fields.get("status") != "failed"
         ):
             return  # the old version is still what serves; its supervisor reports it
-        state = ModuleState(
-            name=desired.name,
-            deployment=desired.deployment,
-            module=desired.repository,
-            digest=desired.digest,
-            port=self.config.module_port(desired.port),
-            **fields,  # type: ignore[arg-type]
-        )
-        self.on_state(desired.name, state)
+        values: dict[str, object] = {
+            "name": desired.name,
+            "deployment": desired.deployment,
+            "module": desired.repository,
+            "digest": desired.digest,
+            "port": self.config.module_port(desired.port),
+        }
+        values.update(fields)
+        self.on_state(desired.name, ModuleState.model_validate(values))
 
     def _record(
         self, desired: DesiredModule, config: InstanceConfig, pid: int | None, version: int | None
@@ -239,6 +281,8 @@ class Executor:
 
     async def _bring_up(self, desired: DesiredModule) -> tuple[Supervisor, InstanceConfig, int | None]:
         """Pull, start on a fresh internal port, pass readiness and the smoke request."""
+        if desired.kind == "docker":
+            return await self._bring_up_container(desired)
         stored = await self._fetch(desired)
         instance_id = f"{desired.name}-{desired.digest[7:15]}-{next(self._serial)}"
         config = self._instance_config(desired, stored, instance_id, free_port())
@@ -254,9 +298,87 @@ class Executor:
             raise
         return supervisor, config, version
 
+    def _keys(self, desired: DesiredModule) -> Any:
+        """The scoring keys a container checks: only when it asks for key auth (a deployment's
+        sealed document may exist only to carry its registry credentials)."""
+        keys = self.keys_for(desired.deployment) if desired.auth_required else None
+        if desired.auth_required and keys is None:
+            raise ModuleStartFailed(f"module {desired.name} requires scoring keys, and none are open")
+        return keys
+
+    async def _bring_up_container(
+        self, desired: DesiredModule
+    ) -> tuple[Supervisor, InstanceConfig, int | None]:
+        """A container beside what serves: refused by the policy or the GPU check before anything
+        is pulled; then the image by digest, then readiness and the smoke request."""
+        keys = self._keys(desired)
+        prepared = await self.containers.prepare(desired, keys, free_port(), None)
+        self._report(desired, status="downloading")
+        image = await self.containers.ensure_image(desired, self._auth_for(desired))
+        container = self.containers.plan(prepared, image)
+        self._report(desired, status="starting", digest=image.digest)
+        supervisor = self._supervisor(
+            desired,
+            container.config,
+            None,
+            None,
+            launcher=self.containers.launcher(container),
+            probe_health=container.http_checks,
+            digest=image.digest,
+        )
+        supervisor.state = supervisor.state.model_copy(update={"limits": container.limits})
+        try:
+            await supervisor.start()
+        except BaseException:
+            await supervisor.stop()
+            self._emit.pop(id(supervisor), None)
+            raise
+        return supervisor, container.config, None
+
+    def _auth_for(self, desired: DesiredModule) -> Callable[[str], dict[str, str] | None]:
+        """Credentials for pulling the module's image from a host: the deployment's own
+        `registryCredentials` (sealed to this device with its keys) first, then the agent's."""
+
+        def lookup(host: str) -> dict[str, str] | None:
+            secrets = self.keys_for(desired.deployment)
+            login = secrets.login_for(host) if isinstance(secrets, DeploymentSecrets) else None
+            return login.auth_config() if login is not None else self._registry_auth(host)
+
+        return lookup
+
+    def _registry_auth(self, host: str) -> dict[str, str] | None:
+        """The agent's own registry settings, for its own registry."""
+        own = self.config.registry.split("://", 1)[-1].rstrip("/")
+        if host != own or self.config.registry_username is None:
+            return None
+        password = self.config.secret("registry_password")
+        if password is None:
+            return None
+        return {"username": self.config.registry_username, "password": password, "serveraddress": host}
+
     # -- commands -----------------------------------------------------------------------------
 
+    def _lock(self, name: str) -> asyncio.Lock:
+        """One change at a time per module: the plan runner's and the tag watcher's."""
+        return self._locks.setdefault(name, asyncio.Lock())
+
     async def start(self, command: Start) -> InstanceRecord:
+        async with self._lock(command.name):
+            record = await self._start(command)
+        self._watch_tags(record.desired)
+        return record
+
+    async def replace(self, command: Replace) -> InstanceRecord:
+        async with self._lock(command.name):
+            record = await self._replace(command)
+        self._watch_tags(record.desired)
+        return record
+
+    async def remove(self, command: Remove) -> None:
+        async with self._lock(command.name):
+            await self._remove(command)
+
+    async def _start(self, command: Start) -> InstanceRecord:
         desired = command.desired
         supervisor, config, version = await self._bring_up(desired)
         proxy = FrontProxy(self.config.listen_host, self.config.module_port(desired.port))
@@ -272,7 +394,7 @@ class Executor:
         self.running[desired.name] = RunningModule(record, supervisor, proxy)
         return record
 
-    async def replace(self, command: Replace) -> InstanceRecord:
+    async def _replace(self, command: Replace) -> InstanceRecord:
         desired = command.desired
         old = self.running[desired.name]
         supervisor, config, version = await self._bring_up(desired)
@@ -299,7 +421,7 @@ class Executor:
         self._emit.pop(id(old.supervisor), None)
         return record
 
-    async def remove(self, command: Remove) -> None:
+    async def _remove(self, command: Remove) -> None:
         running = self.running.pop(command.actual.name, None)
         if running is None:
             return
@@ -309,6 +431,8 @@ class Executor:
 
     async def readopt(self, record: InstanceRecord) -> InstanceRecord | None:
         """After an agent restart: supervise the instance that is still running, or start it again."""
+        if record.desired.kind == "docker":
+            return await self._readopt_container(record)
         stored = self.store.stored_module(record.digest)
         if stored is None:
             return None
@@ -351,6 +475,46 @@ class Executor:
         self.running[record.module] = RunningModule(new_record, supervisor, proxy)
         return new_record
 
+    async def _readopt_container(self, record: InstanceRecord) -> InstanceRecord | None:
+        """The container the record names, if it still runs what the record says (same agent, same
+        fingerprint): supervised again, no second copy. Otherwise it goes, and None lets the next
+        reconcile start the module afresh."""
+        desired = record.desired
+        adopted = None
+        try:
+            adopted = await self.containers.adoptable(record)
+            if adopted is None:
+                return None
+            keys = self._keys(desired)
+            prepared = await self.containers.prepare(desired, keys, record.internal_port, adopted.name)
+            container = self.containers.plan(prepared, adopted.image)
+        except ModelfleetError as exc:
+            log.error("module %s: cannot re-adopt its container: %s", record.module, exc)
+            await self.containers.discard(adopted.name if adopted is not None else record.instance_id)
+            return None
+        launcher = self.containers.launcher(container)
+        supervisor = self._supervisor(
+            desired,
+            container.config,
+            record.version,
+            None,
+            launcher=launcher,
+            probe_health=container.http_checks,
+            digest=adopted.image.digest,
+        )
+        supervisor.state = supervisor.state.model_copy(update={"limits": container.limits})
+        supervisor.adopt(
+            launcher.adopt(container.config, adopted.details, self.containers.log_mark(record.module))
+        )
+        log.info("module %s: re-adopted running container %s", record.module, adopted.name)
+        proxy = FrontProxy(self.config.listen_host, self.config.module_port(record.public_port))
+        await proxy.start()
+        proxy.switch(container.config.port)
+        new_record = self._record(desired, container.config, supervisor.state.pid, record.version)
+        self.running[record.module] = RunningModule(new_record, supervisor, proxy)
+        self._watch_tags(desired)
+        return new_record
+
     async def _stop_orphan(self, record: InstanceRecord) -> None:
         """End an instance from before a restart that must not keep serving."""
         if record.pid is None:
@@ -378,13 +542,56 @@ class Executor:
         for pid in strays:
             log.warning("reaping a module process no instance record accounts for (pid %d)", pid)
             await self.runtime.reap(pid)
-        return strays
+        keep_containers = {
+            r.record.instance_id for r in self.running.values() if r.record.desired.kind == "docker"
+        }
+        return strays + await self.containers.reap_strays(keep_containers)
 
     async def restart(self, name: str) -> None:
         """The `restartModule` method: same version, a fresh process, same port."""
-        running = self.running[name]
-        await running.supervisor.stop()
-        await running.supervisor.start()
+        async with self._lock(name):
+            running = self.running[name]
+            await running.supervisor.stop()
+            await running.supervisor.start()
+
+    # -- images named by tag ---------------------------------------------------------------------
+
+    def _watch_tags(self, desired: DesiredModule) -> None:
+        """A container module whose image is named by tag is looked up again every
+        `docker_tag_poll_s`: a tag pushed again with new content is redeployed (by digest, with the
+        safe update), which IoT Edge's agent does not do."""
+        if self._tag_watch is None and self.containers.by_tag(desired):
+            self._tag_watch = asyncio.get_running_loop().create_task(self._tags(), name="docker-tags")
+
+    async def _tags(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.docker_tag_poll_s)
+            for name, running in list(self.running.items()):
+                desired = running.record.desired
+                if not self.containers.by_tag(desired):
+                    continue
+                try:
+                    await self._follow_tag(name, running, desired)
+                except Exception as exc:  # the watch goes on for the other modules and the next poll
+                    log.warning("module %s: following %s failed: %s", name, desired.image, exc)
+
+    async def _follow_tag(self, name: str, running: RunningModule, desired: DesiredModule) -> None:
+        current = self.containers.digest_of(running.record.instance_id)
+        latest = await self.containers.resolve(desired, self._auth_for(desired))
+        if latest in (current, self._bad_digests.get(name)):
+            return
+        async with self._lock(name):
+            if self.running.get(name) is not running:
+                return  # changed meanwhile by a deployment
+            log.info(
+                "module %s: %s now points at %s (was %s): updating", name, desired.image, latest, current
+            )
+            actual = ActualModule(name, desired.fingerprint, desired.digest, desired.startup_order)
+            try:
+                await self._replace(Replace(actual, desired))
+            except ModelfleetError:
+                self._bad_digests[name] = latest
+                raise
 
     async def shutdown(self) -> None:
         """Stop every module: a clean agent stop leaves nothing running. (After `kill -9` the
@@ -393,3 +600,7 @@ class Executor:
             await running.proxy.stop()
             await running.supervisor.stop()
         self.running.clear()
+        if self._tag_watch is not None:
+            await cancel_and_wait(self._tag_watch)
+            self._tag_watch = None
+        await self.containers.close()

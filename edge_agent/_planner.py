@@ -16,9 +16,17 @@ from typing import Any, ClassVar, Literal
 from modules.deployment import (
     DEFAULT_RESTART_POLICY,
     STARTUP_ORDER_MAX,
+    DockerModule,
     Manifest,
     ModelfleetModule,
     RestartPolicy,
+)
+from modules.deployment.containers import (
+    GpuRequest,
+    ImagePullPolicy,
+    container_port,
+    image_settings,
+    parse_image_reference,
 )
 
 
@@ -39,6 +47,18 @@ class DesiredModule:
     auth_required: bool = False
     # the deployment's `resources` for the module, overriding its spec's (None: the spec's)
     resources: Mapping[str, Any] | None = None
+    # set for a module that runs as a container: the image as the manifest names it, its create
+    # options (compact JSON, keys sorted), IoT Edge's pull policy and the module's GPU request
+    image: str | None = None
+    create_options: str | None = None
+    image_pull_policy: ImagePullPolicy = "on-create"
+    gpu: GpuRequest | None = None
+    # IoT Edge's free-form module `version`: a label on the container, never a reason to restart
+    module_version: str | None = None
+
+    @property
+    def kind(self) -> Literal["process", "docker"]:
+        return "docker" if self.image is not None else "process"
 
     @property
     def fingerprint(self) -> str:
@@ -55,6 +75,11 @@ class DesiredModule:
         }
         if self.resources:  # only when set: records from before resources keep their fingerprint
             body["resources"] = dict(sorted(self.resources.items()))
+        if self.image is not None:  # likewise: process modules keep their fingerprint
+            body["image"] = self.image
+            body["create_options"] = self.create_options
+            body["image_pull_policy"] = self.image_pull_policy
+            body["gpu"] = self.gpu
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -118,28 +143,84 @@ def desired_modules(
     out: dict[str, DesiredModule] = {}
     unsupported: list[Unsupported] = []
     for name, module in sorted(manifest.modules.items()):
-        if not isinstance(module, ModelfleetModule):
-            unsupported.append(Unsupported(name, f"module type {module.type!r} needs the docker runtime"))
-            continue
-        s = module.settings
         deployment = (owners or {}).get(name)
-        out[name] = DesiredModule(
-            name=name,
-            deployment=deployment,
-            repository=s.module,
-            digest=s.digest,
-            port=s.port,
-            status="stopped" if module.status == "stopped" else "running",
-            restart_policy=module.restart_policy or DEFAULT_RESTART_POLICY,
-            startup_order=module.startup_order if module.startup_order is not None else STARTUP_ORDER_MAX,
-            env=module.environment(),  # a null value leaves the variable unset, not "None"
-            execution_providers=tuple(s.execution_providers) if s.execution_providers else None,
-            health_probe=s.health_probe.model_dump() if s.health_probe else None,
-            keys_version=(keys_versions or {}).get(deployment) if deployment else None,
-            auth_required=bool((s.model_extra or {}).get("auth", False)),
-            resources=s.resources.model_dump(exclude_none=True) if s.resources else None,
-        )
+        try:
+            if isinstance(module, DockerModule):
+                out[name] = _docker_module(name, module, deployment, keys_versions)
+            else:
+                out[name] = _modelfleet_module(name, module, deployment, keys_versions)
+        except ValueError as exc:
+            unsupported.append(Unsupported(name, str(exc)))
     return out, unsupported
+
+
+def _common(module: DockerModule | ModelfleetModule) -> dict[str, Any]:
+    return {
+        "status": "stopped" if module.status == "stopped" else "running",
+        "restart_policy": module.restart_policy or DEFAULT_RESTART_POLICY,
+        "startup_order": module.startup_order if module.startup_order is not None else STARTUP_ORDER_MAX,
+        "env": module.environment(),  # a null value leaves the variable unset, not "None"
+        "image_pull_policy": module.image_pull_policy or "on-create",
+        "module_version": module.version,
+    }
+
+
+def _modelfleet_module(
+    name: str, module: ModelfleetModule, deployment: str | None, keys_versions: Mapping[str, int] | None
+) -> DesiredModule:
+    s = module.settings
+    image = image_settings(s.model_extra or {})
+    return DesiredModule(
+        name=name,
+        deployment=deployment,
+        repository=s.module,
+        digest=s.digest,
+        port=s.port,
+        execution_providers=tuple(s.execution_providers) if s.execution_providers else None,
+        health_probe=s.health_probe.model_dump() if s.health_probe else None,
+        keys_version=(keys_versions or {}).get(deployment) if deployment else None,
+        auth_required=bool((s.model_extra or {}).get("auth", False)),
+        resources=s.resources.model_dump(exclude_none=True) if s.resources else None,
+        image=image.image if image else None,
+        create_options=image.create_options if image else None,
+        gpu=image.gpu if image else None,
+        **_common(module),
+    )
+
+
+def _docker_module(
+    name: str, module: DockerModule, deployment: str | None, keys_versions: Mapping[str, int] | None
+) -> DesiredModule:
+    """An IoT Edge docker module: its port is the one its create options publish (or expose)."""
+    try:
+        create = module.settings.create_options_dict()
+    except ValueError as exc:
+        raise ValueError(f"settings.createOptions: {exc}") from None
+    port = container_port(create)
+    if port is None:
+        raise ValueError(
+            "a docker module needs a port on a modelfleet agent: HostConfig.PortBindings or ExposedPorts in "
+            "settings.createOptions"
+        )
+    reference = parse_image_reference(module.settings.image)
+    extra = module.settings.model_extra or {}
+    gpu = extra.get("gpu")
+    if gpu not in (None, "required", "preferred"):
+        raise ValueError(f"settings.gpu must be 'required' or 'preferred', not {gpu!r}")
+    return DesiredModule(
+        name=name,
+        deployment=deployment,
+        repository=reference.repository,
+        digest=reference.digest or "",
+        port=port,
+        image=module.settings.image,
+        create_options=json.dumps(create, sort_keys=True, separators=(",", ":")),
+        gpu=gpu,
+        # the sealed document may carry the registry credentials: a new one is a reason to retry
+        keys_version=(keys_versions or {}).get(deployment) if deployment else None,
+        auth_required=bool(extra.get("auth", False)),
+        **_common(module),
+    )
 
 
 def plan(

@@ -1,5 +1,8 @@
 """Scoring keys sealed to this device: opened into memory only, stored sealed.
 
+The same sealed box may also hold the deployment's container registry credentials
+(`modules.deployment.registry_secrets`); `keys_for` hands both to the module runtime.
+
 A keys document arrives encrypted to the device's X25519 key and signed by a trusted publisher.
 The plaintext keys never touch the disk here; what is persisted is the sealed document as
 received, reopened at start-up. A document whose version is not above the floor of its
@@ -20,8 +23,9 @@ from pydantic import ValidationError
 
 from modules import ModelfleetError
 from modules.deployment import DeploymentError, Tombstone, is_tombstone, verify_document
+from modules.deployment.registry_secrets import DeploymentSecrets, open_secrets
 from modules.safe_json import DEFAULT_MAX_PAYLOAD_BYTES, PayloadRefused, loads_limited
-from modules.service_keys import ServiceKeys, open_keys
+from modules.service_keys import ServiceKeys
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,8 @@ class SealedKeys:
         self.sealed: dict[str, dict[str, Any]] = {}
         # deployment -> the highest keys version accepted (documents and tombstones); persisted
         self.floors: dict[str, int] = {}
-        self._opened: dict[str, tuple[int, ServiceKeys]] = {}  # deployment -> (version, keys)
+        # deployment -> (version, keys), with its registry credentials when it has any
+        self._opened: dict[str, tuple[int, ServiceKeys | DeploymentSecrets]] = {}
 
     def restore(self, sealed: dict[str, dict[str, Any]], floors: dict[str, int]) -> None:
         self.sealed = sealed
@@ -130,12 +135,14 @@ class SealedKeys:
     def _open(self, name: str, wire: dict[str, Any]) -> str | None:
         """Open a sealed keys document into memory; the reason when it cannot be used."""
         try:
-            doc, keys = open_keys(
+            doc, keys = open_secrets(
                 wire, self.device_key, self.trusted, fleet=self.fleet, device=self.device_id
             )
         except ModelfleetError as exc:
             return str(exc)
         if doc.name != name:
             return f"keys for {doc.name!r} were published on the topic of {name!r}"
+        if not keys.registry_credentials:  # keys alone: as an agent without the docker runtime has them
+            keys = ServiceKeys(primary=keys.primary, secondary=keys.secondary)  # type: ignore[assignment]
         self._opened[name] = (doc.version, keys)
         return None

@@ -12,6 +12,7 @@ place; agents then remove the deployment's modules (an empty payload would prove
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -34,6 +35,7 @@ from modules.deployment import (
     sign_document,
     to_iotedge,
 )
+from modules.deployment.registry_secrets import SEALED_PLACEHOLDER, take_registry_credentials
 from modules.signing import load_signing_key
 from modules.spec import MODULE_REPOSITORY_PREFIX
 from publisher import _published, _service_keys
@@ -218,19 +220,29 @@ async def publish(
     does not verify (unless `replace_unverified`), nor at a version that is not above every
     verified version of the same identity, the workspace's own record included.
     """
-    document = validate({k: v for k, v in data.items() if k != "signature"})
+    clean = copy.deepcopy({k: v for k, v in data.items() if k != "signature"})
+    # Registry passwords never go out in a retained document: sealed to each device with the keys.
+    registry = take_registry_credentials(clean)
+    document = validate(clean)
     slot = deployment_slot(hub, document.name, document.device)
     if not replace_unverified:
         slot.refuse_unverified(hint=_UNVERIFIED_HINT)
     _check_version(slot, workspace, document.version)
-    if any((m.settings.model_extra or {}).get("auth") for m in document.content.modules.values()):
-        # Keys first: an agent never starts an auth module before its sealed keys arrived.
-        await _service_keys.ensure(hub, workspace, document.name, [document])
+    auth = any((m.settings.model_extra or {}).get("auth") for m in document.content.modules.values())
+    if auth or registry or _sealed_credentials(clean):
+        # Keys first: an agent never starts an auth module (nor pulls from a private registry)
+        # before its sealed keys arrived.
+        await _service_keys.ensure(hub, workspace, document.name, [document], registry=registry)
     signed = sign_document(document, load_signing_key(workspace.signing_key_path))
     payload = json.dumps(signed.to_json_dict(), separators=(",", ":")).encode()
     _published.record(workspace, slot.identity, signed.version)
     await hub.publish(slot.topic, payload, retain=True)
     return signed
+
+
+def _sealed_credentials(data: Mapping[str, Any]) -> bool:
+    """Whether the document names registry credentials sealed earlier (a later version of it)."""
+    return SEALED_PLACEHOLDER in json.dumps(data.get("content") or {})
 
 
 _UNVERIFIED_HINT = (

@@ -91,13 +91,6 @@ async def _import(hub: FleetConnection, ws: Workspace, args: argparse.Namespace)
         return 0
     kind = "layered deployment" if doc.layered else "deployment"
     print(f"published {kind} {doc.name} version {doc.version} (target {doc.target_condition!r})")
-    for module_name, module in doc.content.modules.items():
-        if module.type != "modelfleet":
-            print(
-                f"modelfleet: note: module {module_name!r} is a {module.type} module: devices report it "
-                "unsupported until they run the docker runtime",
-                file=sys.stderr,
-            )
     return 0
 
 

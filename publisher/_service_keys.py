@@ -13,21 +13,26 @@ published where the device does not hold the current key generation sealed to it
 enrolled key, nothing where it does. A device that stops being targeted keeps what it has until
 the keys are regenerated (`deploy keys --regen`), which is the way to revoke them. Deleting the
 deployment withdraws every copy with a signed tombstone.
+
+A deployment's container registry credentials (`runtime.settings.registryCredentials`) travel in
+the same sealed box (`modules.deployment.registry_secrets`): the published document keeps only
+placeholders, and a change of credentials is a new generation sealed again to every device.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 
 from modules.atomic_file import write_atomic
 from modules.deployment import DeploymentDocument, DeviceFacts, Tombstone, sign_document
-from modules.service_keys import ServiceKeys, seal_keys
+from modules.deployment.registry_secrets import RegistryLogin, seal_secrets
+from modules.service_keys import ServiceKeys
 from modules.signing import load_signing_key
 from publisher import _enrolment, _published
 from publisher._hub import FleetConnection
@@ -38,10 +43,15 @@ from publisher._workspace import Workspace
 class StoredKeys(BaseModel):
     primary: str
     secondary: str
-    version: int  # the keys' generation: +1 on every regeneration
+    version: int  # the keys' generation: +1 on every regeneration (and registry credentials change)
+    # the deployment's container registry credentials (`registryCredentials`), sealed with the keys
+    registry: dict[str, dict[str, str]] = Field(default_factory=dict)
 
     def keys(self) -> ServiceKeys:
         return ServiceKeys(primary=SecretStr(self.primary), secondary=SecretStr(self.secondary))
+
+    def logins(self) -> dict[str, RegistryLogin]:
+        return {name: RegistryLogin.model_validate(entry) for name, entry in self.registry.items()}
 
 
 def _path(workspace: Workspace, name: str) -> Path:
@@ -105,8 +115,9 @@ async def distribute(
         if have == want and slot.document is not None and slot.document.version == slot.floor(workspace):
             continue  # the device holds exactly this already
         version = slot.floor(workspace) + 1
-        wire = seal_keys(
+        wire = seal_secrets(
             stored.keys(),
+            stored.logins(),
             enrolment.public_key,
             fleet=workspace.fleet,
             name=name,
@@ -121,24 +132,43 @@ async def distribute(
 
 
 async def ensure(
-    hub: FleetConnection, workspace: Workspace, name: str, docs: Iterable[DeploymentDocument] | None = None
+    hub: FleetConnection,
+    workspace: Workspace,
+    name: str,
+    docs: Iterable[DeploymentDocument] | None = None,
+    *,
+    registry: Mapping[str, RegistryLogin] | None = None,
 ) -> StoredKeys:
     """The deployment's keys, created on first use, sealed to every eligible device that lacks them.
 
     `docs`: the document about to be published, which decides the targets together with the
-    verified documents of the same name in other scopes (the fleet-wide one and overrides)."""
+    verified documents of the same name in other scopes (the fleet-wide one and overrides).
+    `registry`: registry credentials taken out of that document; new ones are a new generation,
+    sealed again to every device."""
     stored = load(workspace, name)
     if stored is None:
         fresh = ServiceKeys.generate()
         stored = StoredKeys(
             primary=fresh.primary.get_secret_value(), secondary=fresh.secondary.get_secret_value(), version=1
         )
+        if registry:
+            stored = stored.model_copy(update={"registry": _plain(registry)})
+        _save(workspace, name, stored)
+    elif registry and _plain(registry) != stored.registry:
+        stored = stored.model_copy(update={"registry": _plain(registry), "version": stored.version + 1})
         _save(workspace, name, stored)
     targets = list(docs or [])
     scopes = {d.device for d in targets}
     targets += [d for d in _documents_of(hub, name) if d.device not in scopes]
     await distribute(hub, workspace, name, stored, targets)
     return stored
+
+
+def _plain(registry: Mapping[str, RegistryLogin]) -> dict[str, dict[str, str]]:
+    return {
+        name: {"address": c.address, "username": c.username, "password": c.password.get_secret_value()}
+        for name, c in sorted(registry.items())
+    }
 
 
 async def regenerate(

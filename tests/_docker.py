@@ -10,12 +10,13 @@ reason; they never skip.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def run_docker_engine(root: Path, timeout: float = 60.0) -> Iterator[DockerEngin
     (root / "client").mkdir(exist_ok=True)
     socket = root / "docker.sock"
     # Unix socket paths are limited to 108 bytes: the exec root (containerd's sockets) stays short.
-    exec_root = Path(f"/tmp/mf-dockerd-{os.getpid()}")
+    exec_root = Path(f"/tmp/mf-dockerd-{os.getpid()}-{hashlib.sha256(bytes(root)).hexdigest()[:6]}")
     log = root / "dockerd.log"
     cmd = [
         dockerd,
@@ -116,3 +117,29 @@ def run_docker_engine(root: Path, timeout: float = 60.0) -> Iterator[DockerEngin
             subprocess.run(["umount", str(mounted)], capture_output=True, check=False)
         shutil.rmtree(exec_root, ignore_errors=True)
         shutil.rmtree(root / "data", ignore_errors=True)  # pulled images: hundreds of MB per session
+
+
+class _Shared:
+    """One engine for every folder of tests that needs one in a session (`tests/images`,
+    `tests/docker`): started by the first user, stopped after the last."""
+
+    stack: contextlib.ExitStack | None = None
+    engine: DockerEngine | None = None
+    users = 0
+
+
+@contextlib.contextmanager
+def shared_docker_engine(root: Callable[[], Path]) -> Iterator[DockerEngine]:
+    """`run_docker_engine` shared across session fixtures; `root` makes its folder on first use."""
+    if _Shared.engine is None:
+        stack = contextlib.ExitStack()
+        _Shared.engine = stack.enter_context(run_docker_engine(root()))
+        _Shared.stack = stack
+    _Shared.users += 1
+    try:
+        yield _Shared.engine
+    finally:
+        _Shared.users -= 1
+        if _Shared.users == 0 and _Shared.stack is not None:
+            stack, _Shared.stack, _Shared.engine = _Shared.stack, None, None
+            stack.close()

@@ -21,8 +21,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import aiohttp
-
 from modules.spec import Resources
 from modules.tasks import cancel_and_wait
 
@@ -30,6 +28,7 @@ from . import _limits as limits
 from ._config import InstanceConfig, keys_json, settings_json
 from ._errors import ModuleStartError
 from ._logs import InstanceOutput, RotatingLog, tail_lines
+from ._readiness import HttpChecks
 from ._venv import EnvBuilder
 
 log = logging.getLogger("modelfleet.agent.runtime")
@@ -191,7 +190,7 @@ def _started_at_of(pid: int) -> datetime:
         return datetime.now(UTC)
 
 
-class ProcessRuntime:
+class ProcessRuntime(HttpChecks):
     """Starts, stops, checks and adopts module instances; keeps their logs and environments.
 
     Layout under `data_dir`: `instances/<id>/settings.json` (private: it holds the keys),
@@ -343,75 +342,6 @@ class ProcessRuntime:
             await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
         log.info("stopped %s (exit %d)", instance.config.instance_id, code)
         return code
-
-    async def wait_ready(self, instance: Instance, timeout: float) -> None:
-        """Until GET /v2/health/ready answers 200; fails fast on exit or a failed init()."""
-        deadline = time.monotonic() + timeout
-        exited = asyncio.ensure_future(instance.wait())
-        try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0)) as session:
-                while True:
-                    if instance.returncode is not None or exited.done():
-                        raise ModuleStartError(self._exit_reason(instance))
-                    if await self._ready(session, instance):
-                        return
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        detail = instance.reason()
-                        raise ModuleStartError(
-                            f"{instance.config.instance_id} not ready after {timeout:.0f}s"
-                            + (f"; last output:\n{detail}" if detail else "")
-                        )
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(exited), min(_POLL_S, remaining))
-        finally:
-            exited.cancel()
-
-    async def _ready(self, session: aiohttp.ClientSession, instance: Instance) -> bool:
-        """One readiness check; raises when the host reports that init() failed."""
-        try:
-            async with session.get(instance.url + "/v2/health/ready") as response:
-                if response.status == 200:
-                    return True
-            # Not ready: the liveness route says whether it is still loading or has given up.
-            async with session.get(instance.url + "/") as response:
-                details = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            return False  # not listening yet
-        if isinstance(details, dict) and details.get("status") == "Unhealthy":
-            error = details.get("error") or "init() failed"
-            raise ModuleStartError(f"{instance.config.instance_id}: {error}")
-        return False
-
-    def _exit_reason(self, instance: Instance) -> str:
-        code = instance.returncode
-        detail = instance.reason()
-        return f"{instance.config.instance_id} exited with code {code} before it was ready" + (
-            f"; last output:\n{detail}" if detail else ""
-        )
-
-    async def smoke_test(self, instance: Instance) -> None:
-        """POST the spec's sample input to /score; anything but 2xx means the module is broken."""
-        sample = instance.config.spec.sample_input
-        if sample is None:
-            return
-        headers = {}
-        if instance.config.primary_key is not None:
-            headers["Authorization"] = f"Bearer {instance.config.primary_key.get_secret_value()}"
-        timeout = aiohttp.ClientTimeout(total=instance.config.spec.scoring.timeout_ms / 1000 + 5)
-        try:
-            async with (
-                aiohttp.ClientSession(timeout=timeout) as session,
-                session.post(instance.url + "/score", json=sample, headers=headers) as response,
-            ):
-                body = await response.text(errors="replace")
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ModuleStartError(f"smoke test of {instance.config.instance_id} failed: {exc!r}") from exc
-        if not 200 <= status < 300:
-            raise ModuleStartError(
-                f"smoke test of {instance.config.instance_id}: HTTP {status}: {body[:1000]}"
-            )
 
     def adopt(self, instance_id: str, pid: int, config: InstanceConfig) -> Instance | None:
         """A handle on an instance started by an earlier agent, or None when the pid is not it."""

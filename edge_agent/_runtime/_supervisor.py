@@ -23,8 +23,12 @@ from modules.tasks import cancel_and_wait
 from . import _limits as limits
 from ._backoff import RESTARTS_UNHEALTHY, Backoff, RestartPolicy, should_restart
 from ._config import InstanceConfig
+from ._docker import ContainerInstance, ContainerLauncher
 from ._errors import ModuleStartError
 from ._process import Instance, ProcessRuntime
+
+# A process (the process runtime) or a container (the docker runtime): the same supervision.
+AnyInstance = Instance | ContainerInstance
 
 log = logging.getLogger("modelfleet.agent.supervisor")
 
@@ -42,7 +46,7 @@ class Supervisor:
 
     def __init__(
         self,
-        runtime: ProcessRuntime,
+        runtime: ProcessRuntime | ContainerLauncher,
         config: InstanceConfig,
         *,
         policy: RestartPolicy,
@@ -53,8 +57,12 @@ class Supervisor:
         ready_timeout: float = 120.0,
         python: str | None = None,
         resources: Resources | None = None,
+        probe_health: bool = True,
     ) -> None:
+        """`probe_health` False: judged by its exit alone (a container image that has no health
+        route the agent knows)."""
         self.runtime = runtime
+        self.probe_health = probe_health
         self.config = config
         self.policy = policy
         self.backoff = backoff
@@ -64,7 +72,7 @@ class Supervisor:
         self.python = python
         self.resources = resources
         self._on_state = on_state
-        self.instance: Instance | None = None
+        self.instance: AnyInstance | None = None
         self.state = ModuleState(
             name=config.module,
             module=f"modules/{config.spec.name}",
@@ -98,7 +106,7 @@ class Supervisor:
             raise
         self._watch(instance)
 
-    def adopt(self, instance: Instance) -> None:
+    def adopt(self, instance: AnyInstance) -> None:
         """Supervise an instance that an earlier agent started and this one re-adopted."""
         if self._watcher is not None:
             raise RuntimeError(f"{self.config.module} is already supervised")
@@ -124,17 +132,17 @@ class Supervisor:
 
     # -- internals --------------------------------------------------------------------------
 
-    async def _launch(self, **changes: Any) -> Instance:
+    async def _launch(self, **changes: Any) -> AnyInstance:
         """One start attempt: spawn, ready, smoke test. A failed attempt leaves nothing running."""
         self._update(status="starting", health="unknown", next_restart_at=None, **changes)
         instance = await self.runtime.start(self.config, python=self.python, resources=self.resources)
         self.instance = instance
         try:
-            await self.runtime.wait_ready(instance, self.ready_timeout)
+            await self.runtime.wait_ready(instance, self.ready_timeout)  # type: ignore[arg-type]
             if self.smoke_test:
-                await self.runtime.smoke_test(instance)
+                await self.runtime.smoke_test(instance)  # type: ignore[arg-type]
         except BaseException as exc:
-            code = await self.runtime.stop(instance)
+            code = await self.runtime.stop(instance)  # type: ignore[arg-type]
             self.instance = None
             if isinstance(exc, ModuleStartError):
                 # The caller decides what this means: failed (first start) or more backoff.
@@ -143,7 +151,7 @@ class Supervisor:
         self._running(instance)
         return instance
 
-    def _running(self, instance: Instance) -> None:
+    def _running(self, instance: AnyInstance) -> None:
         self.instance = instance
         self._healthy_since = time.monotonic()
         self._update(
@@ -155,12 +163,12 @@ class Supervisor:
             next_restart_at=None,
         )
 
-    def _watch(self, instance: Instance) -> None:
+    def _watch(self, instance: AnyInstance) -> None:
         self._watcher = asyncio.get_running_loop().create_task(
             self._supervise(instance), name=f"supervise-{self.config.module}"
         )
 
-    async def _supervise(self, instance: Instance) -> None:
+    async def _supervise(self, instance: AnyInstance) -> None:
         """Wait for exit (or unhealthiness), then restart per policy after the backoff delay."""
         while True:
             code, unhealthy = await self._run_until_exit(instance)
@@ -178,7 +186,7 @@ class Supervisor:
                 return
             instance = await self._restart(code, exited)
 
-    async def _restart(self, code: int, exited: datetime) -> Instance:
+    async def _restart(self, code: int, exited: datetime) -> AnyInstance:
         """Back off, then start again until a start succeeds (each failed start backs off more)."""
         while True:
             self._failures += 1
@@ -200,10 +208,10 @@ class Supervisor:
                 code = self.state.exit_code if self.state.exit_code is not None else 1
                 exited = self.state.exited_at or _now()
 
-    async def _run_until_exit(self, instance: Instance) -> tuple[int, bool]:
+    async def _run_until_exit(self, instance: AnyInstance) -> tuple[int, bool]:
         """The exit code, and whether we ended the instance for failing its health probe."""
         loop = asyncio.get_running_loop()
-        prober = loop.create_task(self._probe(instance))
+        prober = loop.create_task(self._probe(instance) if self.probe_health else asyncio.Event().wait())
         exited = asyncio.ensure_future(instance.wait())
         watched = {prober, exited}
         memory = None
@@ -224,7 +232,7 @@ class Supervisor:
         finally:
             await cancel_and_wait(*watched)
 
-    async def _watch_memory(self, instance: Instance, limit_mb: int) -> str:
+    async def _watch_memory(self, instance: AnyInstance, limit_mb: int) -> str:
         """Returns (the reason) once the module's resident memory is above its limit."""
         limit = limit_mb * 1024 * 1024
         while True:
@@ -237,7 +245,7 @@ class Supervisor:
                 return f"out of memory: {used_mb:.0f} MiB resident, above memory_mb {limit_mb}"
             await asyncio.sleep(limits.WATCH_PERIOD_S)
 
-    async def _probe(self, instance: Instance) -> None:
+    async def _probe(self, instance: AnyInstance) -> None:
         """Probe forever; returns only when the policy wants an unhealthy instance replaced."""
         probe = self.health_probe
         headers = {}

@@ -18,6 +18,8 @@ modules. A real IoT Edge device cannot run such a module; a `docker` module is e
 from __future__ import annotations
 
 import copy
+import json
+import re
 from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
@@ -33,6 +35,10 @@ from modules.deployment._manifest import (
     desired_path,
     split_create_options,
 )
+
+SEALED_PLACEHOLDER = "$modelfleet-sealed"
+"""What a published document holds where its manifest had a registry username or password (they
+are sealed to each device, `registry_secrets`); an export writes IoT Edge's template variables."""
 
 MODELFLEET_SETTINGS_KEY = "modelfleet"
 """Where an exported modelfleet module keeps its own settings inside a docker module's settings."""
@@ -137,8 +143,51 @@ def from_iotedge(manifest: Manifest) -> Manifest:
 
 
 def _image(settings: dict[str, Any], registry: str | None) -> str:
+    """A module built as an image (`settings.image`) exports as that image, which any IoT Edge
+    device can run; otherwise the artifact's reference stands in for one."""
+    if isinstance(settings.get("image"), str):
+        return settings["image"]
     reference = f"{settings['module']}@{settings['digest']}"
     return f"{registry.rstrip('/')}/{reference}" if registry else reference
+
+
+def _registry_host(image: str) -> str | None:
+    first, sep, _ = image.partition("/")
+    return first if sep and ("." in first or ":" in first or first == "localhost") else None
+
+
+def credential_placeholders(key: str) -> dict[str, str]:
+    """IoT Edge's template variables for one registry's login (iotedgedev and VS Code fill them
+    from the environment): what an export writes instead of a secret."""
+    suffix = re.sub(r"[^A-Z0-9]+", "_", key.upper()).strip("_")
+    return {
+        "username": f"$CONTAINER_REGISTRY_USERNAME_{suffix}",
+        "password": f"$CONTAINER_REGISTRY_PASSWORD_{suffix}",
+    }
+
+
+def _credentials(desired: dict[str, Any], runtime_settings: dict[str, Any]) -> None:
+    """Every registry login as placeholders, and one for each registry an image module names
+    that has none: an export never holds a secret, and IoT Edge can still be told where to log in."""
+    entries = runtime_settings.setdefault("registryCredentials", {})
+    for key, entry in entries.items():
+        if isinstance(entry, dict):
+            for field, value in credential_placeholders(key).items():
+                if entry.get(field) == SEALED_PLACEHOLDER:
+                    entry[field] = value
+    known = {
+        str(e.get("address", "")).split("://")[-1].rstrip("/")
+        for e in entries.values()
+        if isinstance(e, dict)
+    }
+    for module in (desired.get("modules") or {}).values():
+        own = (module.get("settings") or {}).get(MODELFLEET_SETTINGS_KEY) or {}
+        host = _registry_host(own["image"]) if isinstance(own.get("image"), str) else None
+        if host is None or host in known:
+            continue
+        key = re.sub(r"[^a-z0-9]+", "", host.lower()) or "registry"
+        entries[key] = {"address": host, **credential_placeholders(key)}
+        known.add(host)
 
 
 def _docker_settings(settings: dict[str, Any]) -> dict[str, Any]:
@@ -166,10 +215,13 @@ def _module_to_iotedge(module: dict[str, Any], registry: str | None) -> dict[str
     if out.get("type") == "modelfleet":
         own = out["settings"]
         port = f"{own['port']}/tcp"
-        create = {
-            "ExposedPorts": {port: {}},
-            "HostConfig": {"PortBindings": {port: [{"HostPort": str(own["port"])}]}},
-        }
+        create = copy.deepcopy(own.get("createOptions") or {})
+        if isinstance(create, str):
+            create = json.loads(create) if create.strip() else {}
+        create.setdefault("ExposedPorts", {})[port] = {}
+        create.setdefault("HostConfig", {}).setdefault("PortBindings", {})[port] = [
+            {"HostPort": str(own["port"])}
+        ]
         out["type"] = "docker"
         out["settings"] = {
             "image": _image(own, registry),
@@ -222,11 +274,14 @@ def to_iotedge(manifest: Manifest, *, layered: bool = False, registry: str | Non
                     "settings": {
                         "minDockerVersion": "v1.25",
                         "loggingOptions": "",
-                        "registryCredentials": {},
+                        "registryCredentials": copy.deepcopy(
+                            (runtime.get("settings") or {}).get("registryCredentials") or {}
+                        ),
                     },
                 }
             else:
                 runtime.setdefault("settings", {}).setdefault("minDockerVersion", "v1.25")
+            _credentials(desired, desired["runtime"]["settings"])
             system = desired.setdefault("systemModules", {})
             for name, module in _system_modules().items():
                 system.setdefault(name, module)

@@ -37,6 +37,8 @@ from modules.image._layout import (
     PYTHON_LABEL,
     REQUIREMENTS_SITE,
     RUNTIME_SITE,
+    SAMPLE_INPUT_LABEL,
+    SAMPLE_INPUT_LABEL_MAX,
     SETTINGS_ENV,
     TITLE,
 )
@@ -158,6 +160,10 @@ def module_image(
     )
     labels = dict(base_config.get("Labels") or {})
     labels.update({MODULE_LABEL: spec.name, PYTHON_LABEL: base.python.version, TITLE: spec.name})
+    if spec.sample_input is not None:
+        sample = json.dumps(spec.sample_input, sort_keys=True, separators=(",", ":"))
+        if len(sample) <= SAMPLE_INPUT_LABEL_MAX:
+            labels[SAMPLE_INPUT_LABEL] = sample
     container: dict[str, Any] = {
         "Env": env,
         "Entrypoint": [base.python.executable, "-m", "modules.image.entrypoint"],

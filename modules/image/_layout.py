@@ -47,6 +47,10 @@ TITLE = "org.opencontainers.image.title"
 MODULE_LABEL = "io.modelfleet.module"
 PYTHON_LABEL = "io.modelfleet.python"
 BASE_KEY_LABEL = "io.modelfleet.base.key"
+# The spec's sample input, compact JSON: the smoke request an agent sends a new container before
+# it gets traffic. Left out when larger than SAMPLE_INPUT_LABEL_MAX (then there is no smoke request).
+SAMPLE_INPUT_LABEL = "io.modelfleet.sample-input"
+SAMPLE_INPUT_LABEL_MAX = 16 * 1024
 
 # A fixed creation time: a build timestamp would make every build a new digest.
 EPOCH = "1970-01-01T00:00:00Z"

@@ -96,3 +96,50 @@ def test_template_create_options_are_written_as_chunked_strings() -> None:
 
     hub = exported["modulesContent"]["$edgeAgent"]["properties.desired"]["systemModules"]["edgeHub"]
     assert json.loads(hub["settings"]["createOptions"])["HostConfig"]["PortBindings"]["443/tcp"]
+
+
+def test_a_module_built_as_an_image_exports_as_that_image_with_credential_placeholders() -> None:
+    image = "registry.local:5000/images/iris-svc@sha256:" + "c" * 64
+    module = modelfleet_module(
+        image=image, createOptions={"HostConfig": {"Memory": 268435456}}, gpu="preferred"
+    )
+    raw = manifest({"iris": module})
+    raw["modulesContent"]["$edgeAgent"]["properties.desired"]["runtime"] = {
+        "type": "docker",
+        "settings": {
+            "registryCredentials": {
+                "team": {
+                    "address": "other.local",
+                    "username": "$modelfleet-sealed",
+                    "password": "$modelfleet-sealed",
+                }
+            }
+        },
+    }
+    source = Manifest.model_validate(raw)
+
+    exported = to_iotedge(source, registry="registry.local:5000")
+
+    assert accepted_by_iot_hub(exported)
+    desired = exported["modulesContent"]["$edgeAgent"]["properties.desired"]
+    settings = desired["modules"]["iris"]["settings"]
+    assert settings["image"] == image
+    create = json.loads(settings["createOptions"])
+    assert create["HostConfig"] == {"Memory": 268435456, "PortBindings": {"5001/tcp": [{"HostPort": "5001"}]}}
+    assert create["ExposedPorts"] == {"5001/tcp": {}}
+    logins = desired["runtime"]["settings"]["registryCredentials"]
+    assert logins["team"] == {
+        "address": "other.local",
+        "username": "$CONTAINER_REGISTRY_USERNAME_TEAM",
+        "password": "$CONTAINER_REGISTRY_PASSWORD_TEAM",
+    }
+    assert logins["registrylocal5000"] == {
+        "address": "registry.local:5000",
+        "username": "$CONTAINER_REGISTRY_USERNAME_REGISTRYLOCAL5000",
+        "password": "$CONTAINER_REGISTRY_PASSWORD_REGISTRYLOCAL5000",
+    }
+    assert "$modelfleet-sealed" not in json.dumps(exported)
+    back = from_iotedge(Manifest.model_validate(exported))
+    assert back.modules["iris"].model_dump(by_alias=True, exclude_unset=True) == source.modules[
+        "iris"
+    ].model_dump(by_alias=True, exclude_unset=True)

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from publisher import Workspace
-from tests._docker import DockerEngine, run_docker_engine
+from tests._docker import DockerEngine, shared_docker_engine
 from tests._services import Service
 
 
 @pytest.fixture(scope="session")
 def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerEngine]:
-    with run_docker_engine(tmp_path_factory.mktemp("docker")) as engine:
+    with shared_docker_engine(lambda: tmp_path_factory.mktemp("docker")) as engine:
         yield engine
 
 
