@@ -19,12 +19,13 @@ import pytest
 
 from edge_agent._agent import Agent
 from edge_agent._runtime import agent_label
-from publisher import Model, Workspace
-from publisher._image import ModuleImage
+from publisher import Model, Module, Workspace
+from publisher._image import ModuleImage, build_module_image_async
 from tests._docker import DockerEngine
 from tests._services import Service, free_port
 from tests.docker._harness import (
     EXPECTED,
+    IRIS_DIR,
     SCORE_SCRIPT,
     SCRIPTS,
     Deployer,
@@ -122,6 +123,45 @@ async def test_an_iotedge_docker_module_from_a_basic_auth_registry_runs_and_answ
 
     await agent.stop()
     assert module_containers(docker_engine, mine, "scorer") == [], "a clean agent stop leaves no container"
+
+
+async def test_the_same_module_answers_alike_as_a_container_and_as_a_process(
+    start_agent: Callable[..., Any],
+    deployer: Deployer,
+    image_workspace: Workspace,
+    base_image_ref: str,
+    iris_model: Model,
+) -> None:
+    """One packaged module, deployed twice in one document: as its image (docker runtime) and as
+    the module artifact (process runtime). The seed-style request gets the same answer from both."""
+    module = await Module.package_async(
+        image_workspace,
+        f"iris-both-{os.urandom(3).hex()}",
+        [iris_model],
+        entry_script=SCORE_SCRIPT,
+        sample_input=IRIS_DIR / "sample-input.json",
+    )
+    image, _ = await build_module_image_async(image_workspace, module)
+    agent = await start_agent()
+    container_port, process_port = free_port(), free_port()
+    as_process = {
+        "type": "modelfleet",
+        "status": "running",
+        "restartPolicy": "on-failure",
+        "settings": {"module": module.repository, "digest": module.digest, "port": process_port},
+    }
+    modules = {"container": docker_module(image.reference, container_port), "process": as_process}
+    await deployer.deploy(deployer.document("both", 1, modules))
+    await wait_for(lambda: running(agent, image.digest, "container"), what="the image running")
+    await wait_for(lambda: running(agent, module.digest, "process"), what="the module process running")
+    assert agent.runtime.serving()["container"].pid != agent.runtime.serving()["process"].pid
+
+    async with aiohttp.ClientSession() as session:
+        from_container = await score(container_port, session)
+        from_process = await score(process_port, session)
+    assert from_container[0] == 200, from_container
+    assert from_container == from_process
+    assert from_container[1]["predictions"] == EXPECTED
 
 
 def _status(port: int) -> dict[str, Any] | None:
