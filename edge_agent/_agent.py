@@ -84,6 +84,10 @@ log = logging.getLogger("modelfleet.agent")
 _STOP_GRACE_S = 10.0
 # A burst of state changes (a module starting: downloading, starting, running) is one report.
 _REPORT_COALESCE_S = 0.1
+# While a reconcile pass runs, its intermediate states wait for its end, up to this long: a pass
+# that finishes quickly is one report instead of three, which a fleet of thousands on one broker
+# notices; a slow download still shows as `downloading` after this long.
+_REPORT_HOLD_S = 1.0
 
 
 class Agent:
@@ -153,6 +157,12 @@ class Agent:
         self._public_key: str | None = None
         # module -> what identified its reported.json when last read (`twin.reported_key`)
         self._reported_seen: dict[str, tuple[int, int, int] | None] = {}
+        # twin folder -> the desired properties this process last wrote there
+        self._twins_written: dict[Path, dict[str, Any]] = {}
+        # names of the twin folders on disk; None until the first pass has looked
+        self._twin_folders: set[str] | None = None
+        self._pass_done = asyncio.Event()
+        self._pass_done.set()
         self._reconcile_wanted = asyncio.Event()
         self._report_wanted = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -392,10 +402,13 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._reconcile_wanted.wait(), self._seconds_to_next_retry())
             self._reconcile_wanted.clear()
+            self._pass_done.clear()
             try:
                 await self.reconcile()
             except Exception:
                 log.exception("reconcile pass failed; the running modules are untouched")
+            finally:
+                self._pass_done.set()
             self.reconciled.set()
 
     def _documents(self) -> dict[tuple[str, int], tuple[DeploymentDocument, dict[str, Any]]]:
@@ -501,14 +514,27 @@ class Agent:
                 log.warning("module %r: its name is no folder name; it gets no twin", name)
                 continue
             section = sections.get(name)
-            wanted[folder] = dict((section.desired if section is not None else None) or {})
+            properties = dict((section.desired if section is not None else None) or {})
+            # What this agent process last wrote there: no thread and no file system call on the
+            # loop (a stat waits behind other agents' fsyncs). Written again when the properties
+            # change and once per agent start.
+            if self._twins_written.get(folder) == properties:
+                continue
+            wanted[folder] = properties
         if wanted:
-            await asyncio.to_thread(_write_twins, wanted)
+            written = await asyncio.to_thread(_write_twins, wanted)
+            for folder in written:
+                self._twins_written[folder] = wanted[folder]
+                if self._twin_folders is not None:
+                    self._twin_folders.add(folder.name)
 
     async def _remove_twins(self, keep: set[str]) -> None:
         """The twin folders of modules that are neither wanted nor running any more."""
         self._reported_seen = {n: k for n, k in self._reported_seen.items() if n in keep}
-        await asyncio.to_thread(_remove_twin_folders, self._twin_root(), keep)
+        if self._twin_folders is not None and self._twin_folders <= keep:
+            return  # nothing of ours to remove: no thread hop on every pass
+        self._twin_folders = await asyncio.to_thread(_remove_twin_folders, self._twin_root(), keep)
+        self._twins_written = {f: w for f, w in self._twins_written.items() if f.name in self._twin_folders}
 
     async def collect_reported_properties(self) -> None:
         """Each running module's `reported.json` into its reported state; read again only when
@@ -662,6 +688,10 @@ class Agent:
         while True:
             await self._report_wanted.wait()
             await asyncio.sleep(_REPORT_COALESCE_S)
+            if not self._pass_done.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_REPORT_HOLD_S):
+                        await self._pass_done.wait()
             self._report_wanted.clear()
             # Never report what a crash could still take back (a version applied whose floor
             # is not on disk yet). A disk that refuses is logged where the write failed; the
@@ -709,21 +739,29 @@ class _OutcomesFirst:
         return getattr(self._runtime, name)
 
 
-def _write_twins(wanted: dict[Path, dict[str, Any]]) -> None:
+def _write_twins(wanted: dict[Path, dict[str, Any]]) -> list[Path]:
+    """The folders whose desired file now holds what was wanted."""
+    written: list[Path] = []
     for folder, properties in wanted.items():
         try:
             twin.write_desired(folder, properties)
         except (OSError, TypeError, ValueError) as exc:
             log.error("could not write the twin of module %s: %s", folder.name, exc)
+            continue
+        written.append(folder)
+    return written
 
 
-def _remove_twin_folders(root: Path, keep: set[str]) -> None:
+def _remove_twin_folders(root: Path, keep: set[str]) -> set[str]:
+    """Removes what is not kept; returns the names of the folders left."""
     try:
         entries = list(os.scandir(root))
     except OSError:
-        return
+        return set()
+    left: set[str] = set()
     for entry in entries:
         if entry.name in keep:
+            left.add(entry.name)
             continue
         try:
             if entry.is_dir(follow_symlinks=False):
@@ -732,6 +770,8 @@ def _remove_twin_folders(root: Path, keep: set[str]) -> None:
                 os.unlink(entry.path)
         except OSError as exc:
             log.warning("could not remove the twin folder %s: %s", entry.path, exc)
+            left.add(entry.name)
+    return left
 
 
 _FileKey = tuple[int, int, int]

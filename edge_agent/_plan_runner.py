@@ -98,5 +98,8 @@ class PlanRunner:
 def is_transient(exc: BaseException) -> bool:
     """Failures that time can fix: the registry comes back, disk space is freed, a download that
     was damaged on the way is fetched again. `init()` raising or a spec that does not validate
-    will fail the same way every time."""
-    return isinstance(exc, RegistryUnreachableError | DigestMismatchError | InsufficientDiskError)
+    will fail the same way every time. A runtime of its own (the simulator's) marks an error
+    class `transient = True` to be classified the same way."""
+    if isinstance(exc, RegistryUnreachableError | DigestMismatchError | InsufficientDiskError):
+        return True
+    return getattr(type(exc), "transient", False) is True

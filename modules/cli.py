@@ -29,7 +29,8 @@ HELP: dict[str, str] = {
     "agent": "run and inspect the edge agent",
     "pki": "certificates for the broker's mTLS: CA, publishers, devices, CSRs",
     "broker": "write a Mosquitto config and ACL for a fleet (mTLS only)",
-    "simulate": "run a simulated fleet of real agents, for tests and rollout rehearsals",
+    "sim": "simulated fleets of real agents: `sim run` for tests and rollout rehearsals",
+    "simulate": "the first name of `sim run` (same options)",
 }
 
 

@@ -139,7 +139,7 @@ async def _deploy_async(ws: Workspace, args: argparse.Namespace) -> int:
                 if args.json:
                     print_json(_doc_json(doc))
                 return 0
-            display = ProgressDisplay(sys.stderr)
+            display = ProgressDisplay(sys.stderr, final_summary=False)
             result = await drive(
                 hub,
                 ws,
@@ -270,6 +270,7 @@ async def _status_async(ws: Workspace, args: argparse.Namespace) -> int:
             unverified=_deploy.unverified(hub),
         )
         snap = hub.snapshot
+    _warn_incomplete(status.get("incomplete"))
     if output == "iotedge":
         # The devices `status` lists (narrowed by --deployment), each as its $edgeAgent reported properties.
         print_json(_iotedge_reported(snap, [d["device_id"] for d in status["devices"]]))
@@ -294,6 +295,18 @@ async def _status_async(ws: Workspace, args: argparse.Namespace) -> int:
             print(f"device {device['device_id']}: {device['problem']}")
     _print_unverified(status["unverified"])
     return 0
+
+
+def _warn_incomplete(cut: dict[str, Any] | None) -> None:
+    """Said on stderr whatever the format, so a partial count is never taken for the fleet."""
+    if not cut:
+        return
+    print(
+        f"modelfleet: warning: the broker cut the retained device states it delivered ({cut['cut']}); "
+        f"{cut['read_by_name']} device(s) were read one by one, "
+        f"{len(cut['known_without_report'])} known device(s) have no report: {cut['note']}",
+        file=sys.stderr,
+    )
 
 
 def _print_unverified(items: list[dict[str, Any]]) -> None:

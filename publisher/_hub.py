@@ -17,15 +17,26 @@ MQTT has no "end of retained messages" marker. After subscribing, the hub publis
 a topic only it listens on and waits for it to come back (`sync`): a broker queues the retained
 messages of a subscription when it handles the SUBSCRIBE, before our later PUBLISH, and delivers
 one client's queue in order, so when the echo arrives every retained message already has.
+
+A fleet larger than the broker's per-client queue (Mosquitto's `max_queued_messages`, 1000 by
+default) does not fit in one subscription's retained delivery: the broker drops what does not fit,
+silently. So each wildcard is subscribed on its own, each with the whole queue to itself, and its
+echo is the witness: the echo is queued behind the retained messages, so when it is lost while a
+second echo comes back, the queue was full and the delivery was cut. Then the devices known some
+other way (enrolled in the workspace, or seen on the other wildcard) are read topic by topic in
+batches that fit, and what still cannot be known is said: `FleetSnapshot.cut` (and `modelfleet
+status --json`'s `incomplete`). docs/hub.md has the broker settings a large fleet needs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -46,6 +57,7 @@ from modules.safe_json import PayloadRefused, loads_limited
 from modules.signing import load_signing_key
 from modules.tasks import cancel_and_wait
 from modules.topics import FleetTopics
+from publisher._enrolment import all_enrolled
 from publisher._workspace import Workspace
 
 log = logging.getLogger("modelfleet.publisher.hub")
@@ -83,6 +95,12 @@ class FleetSnapshot:
     presence: dict[str, Presence] = field(default_factory=dict)
     # device id -> {"reported" | "status": why it could not be read}; such a device is listed, not trusted
     unreadable: dict[str, dict[str, str]] = field(default_factory=dict)
+    # topic filter -> retained messages received before the broker cut its delivery (queue full)
+    cut: dict[str, int] = field(default_factory=dict)
+    # after a cut: devices read by name, and those known to exist (enrolled, given, or seen on
+    # one wildcard) whose report still could not be read. Devices known nowhere stay unknown.
+    read_by_name: int = 0
+    missing: set[str] = field(default_factory=set)
 
     @property
     def device_ids(self) -> list[str]:
@@ -117,8 +135,19 @@ def _mqtt_settings(workspace: Workspace) -> MqttSettings:
 class FleetConnection:
     """An open connection to one fleet's control plane; use as `async with FleetConnection(ws) as hub`."""
 
-    def __init__(self, workspace: Workspace, *, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        workspace: Workspace,
+        *,
+        connect_timeout: float = 10.0,
+        known_devices: Iterable[str] | None = None,
+    ) -> None:
+        """`known_devices`: ids that exist besides the workspace's enrolled devices, read by name
+        when the broker cuts a wildcard's retained delivery."""
         self.workspace = workspace
+        self._known = set(known_devices or ())
+        self._echoes = itertools.count()
+        self._received = 0  # messages read: a delivery still flowing is not a lost echo
         self.topics = FleetTopics(workspace.fleet)
         self.snapshot = FleetSnapshot()
         self.changed = asyncio.Event()  # set whenever the snapshot changes; waiters clear it
@@ -132,22 +161,30 @@ class FleetConnection:
         self._oversized: int | None = None  # the size of the message being handled, if dropped unread
 
     async def __aenter__(self) -> FleetConnection:
-        for topic in (
-            self.topics.all_deployments,
-            f"{self.topics.prefix}/devices/+/desired",
-            f"{self.topics.prefix}/devices/+/keys/+",
-            self.topics.all_reported,
-            self.topics.all_status,
-            f"{self.topics.prefix}/devices/+/methods/res/+",
-            self._sync_topic,
-        ):
+        # Nothing retained on these: they go with the connection.
+        for topic in (f"{self.topics.prefix}/devices/+/methods/res/+", f"{self._sync_topic}/+"):
             self._transport.subscribe(topic)
         try:
             await self._transport.start(connect_timeout=self._connect_timeout)
         except MqttError as exc:
             raise HubError(f"cannot reach the hub at {self.workspace.hub}: {exc}") from None
         self._reader = asyncio.create_task(self._read(), name="hub-reader")
-        await self.sync()
+        try:
+            await self.sync()
+            # One wildcard at a time: each has the broker's whole queue for its retained messages.
+            for topic in (
+                self.topics.all_deployments,
+                f"{self.topics.prefix}/devices/+/desired",
+                f"{self.topics.prefix}/devices/+/keys/+",
+                self.topics.all_reported,
+                self.topics.all_status,
+            ):
+                await self._subscribe_whole(topic)
+            if self.snapshot.cut:
+                await self._read_known_devices()
+        except BaseException:
+            await self.__aexit__()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -166,6 +203,7 @@ class FleetConnection:
     def _on_message(self, message: Message) -> None:
         topic, payload = message.topic, message.payload
         self._oversized = message.oversized
+        self._received += 1
         waiter = self._waiting.pop(topic, None)
         if waiter is not None:
             if not waiter.done():
@@ -247,13 +285,82 @@ class FleetConnection:
         finally:
             self._waiting.pop(topic, None)
 
+    def _echo_topic(self) -> str:
+        """A fresh topic per echo: a late first echo must not pass for the second."""
+        return f"{self._sync_topic}/{next(self._echoes)}"
+
     async def sync(self, timeout: float = 10.0) -> None:
         """Return once every message the broker held for us when called has been read."""
+        topic = self._echo_topic()
         try:
-            await self._expect(self._sync_topic, (self._sync_topic, b"sync"), timeout)
+            await self._expect(topic, (topic, b"sync"), timeout)
         except TimeoutError:
             hub = self.workspace.hub
             raise HubError(f"the hub at {hub} did not echo a message in {timeout:g} s") from None
+
+    async def _echoed(self, quiet_s: float = 1.0) -> bool:
+        """Whether an echo comes back; waits as long as other messages keep arriving (a large
+        retained delivery ahead of it) and otherwise `quiet_s`. Not back by then: a second echo
+        decides between "dropped" (False: the second comes back first) and "late" (True)."""
+        topic = self._echo_topic()
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._waiting[topic] = future
+        try:
+            await self.publish(topic, b"sync", retain=False)
+            while not future.done():
+                seen = self._received
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(quiet_s):
+                        await asyncio.shield(future)
+                if not future.done() and self._received == seen:
+                    await self.sync()  # reachable and answering; the first echo had its chance
+                    return future.done()
+            return True
+        finally:
+            self._waiting.pop(topic, None)
+
+    async def _subscribe_whole(self, topic_filter: str) -> None:
+        """Subscribe and read every retained message of `topic_filter`, or record that the broker
+        cut the delivery (its queue was full: the echo behind the messages was dropped)."""
+        before = self._received
+        self._transport.subscribe(topic_filter)
+        if await self._echoed():
+            return
+        got = self._received - before - 1  # less the second echo
+        self.snapshot.cut[topic_filter] = got
+        log.warning(
+            "the hub at %s cut the retained messages of %s after %d (its per-client queue is full; "
+            "Mosquitto: raise max_queued_messages, docs/hub.md); reading known devices one by one",
+            self.workspace.hub,
+            topic_filter,
+            got,
+        )
+
+    async def _read_known_devices(self) -> None:
+        """After a cut: the devices known by name (enrolled, given, or seen on one wildcard but
+        not the other) are read topic by topic, in batches that fit the queue the cut revealed."""
+        snap = self.snapshot
+        known = set(self._known) | set(all_enrolled(self.workspace)) | set(snap.reports) | set(snap.presence)
+        known |= set(snap.unreadable)
+        wanted = sorted(d for d in known if d not in snap.reports or d not in snap.presence)
+        per_batch = max(1, (min(snap.cut.values()) - 2) // 4)  # two topics each, room for the echo
+        pending = wanted
+        for _attempt in range(3):  # a batch cut again is read again, in smaller batches
+            for at in range(0, len(pending), per_batch):
+                for device_id in pending[at : at + per_batch]:
+                    if device_id not in snap.reports:
+                        self._transport.subscribe(self.topics.reported(device_id))
+                    if device_id not in snap.presence:
+                        self._transport.subscribe(self.topics.status(device_id))
+                if not await self._echoed():
+                    per_batch = max(1, per_batch // 2)
+            pending = [d for d in pending if d not in snap.reports and d not in snap.unreadable]
+            if not pending:
+                break
+        snap.read_by_name = sum(d in snap.reports or d in snap.unreadable for d in wanted)
+        snap.missing = set(pending)
+        if snap.missing:
+            log.warning("%d known devices have no retained report on the hub", len(snap.missing))
 
     # -- actions ------------------------------------------------------------------------------
 

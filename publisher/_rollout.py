@@ -3,8 +3,9 @@
 Devices decide by themselves whether they are in the current step (a stable hash of device id and
 deployment name, see docs/manifest.md), so advancing a step is publishing the same document again
 with a higher version and `rollout.currentStep` + 1. This watcher only decides *when*: a step
-advances once every online device in it has stayed healthy for `minHealthySeconds`, and the
-rollout aborts when the failed share of the step exceeds `maxFailureRatio`. Aborting re-publishes
+advances once every online device in it has settled, healthy or failed within `maxFailureRatio`
+(that is what the ratio allows), and stayed so for `minHealthySeconds`; the rollout aborts when the
+failed share of the step exceeds `maxFailureRatio`. Aborting re-publishes
 the previous document's content as a new, higher version (agents refuse lower versions), or
 deletes the deployment when there was no previous document.
 
@@ -46,11 +47,17 @@ class RolloutResult:
 
 
 class ProgressDisplay:
-    """Per-stage counts: rewritten in place on a terminal, one line per change otherwise (logs, CI)."""
+    """Per-stage counts: rewritten in place on a terminal, one line per change otherwise (logs, CI).
 
-    def __init__(self, stream: TextIO | None = None, *, enabled: bool = True) -> None:
+    `final_summary=False` for a caller that prints the result's summary itself (the CLI prints it
+    on stdout): shown here too, a person would read it twice."""
+
+    def __init__(
+        self, stream: TextIO | None = None, *, enabled: bool = True, final_summary: bool = True
+    ) -> None:
         self.stream = stream or sys.stderr
         self.enabled = enabled
+        self.final_summary = final_summary
         self.tty = self.stream.isatty()
         self._last: str | None = None
 
@@ -75,6 +82,15 @@ class ProgressDisplay:
             self.stream.write(line + "\n")
         self.stream.flush()
 
+    def summary(self, text: str) -> None:
+        """The rollout's last word, which its result also carries."""
+        if self.final_summary:
+            self.message(text)
+        elif self.tty and self._last is not None:
+            self.stream.write("\n")  # end the line rewritten in place before the caller prints
+            self.stream.flush()
+            self._last = None
+
     def message(self, text: str) -> None:
         if not self.enabled:
             return
@@ -97,7 +113,13 @@ def _judge(doc: DeploymentDocument, hub: FleetConnection) -> _Verdict:
     devices = progress(doc, hub.snapshot)
     members = [d for d in devices if d.in_step]
     failed = [d.device_id for d in members if d.stage == "failed"]
-    done = all(d.stage in ("healthy", "offline") for d in members)
+    # 0 of 0 is not done: a deployment no device is targeted by has not reached anyone (a wrong
+    # condition, devices not up yet). A step that only happens to hold none of the targeted
+    # devices (10% of five) has nothing to wait for.
+    targeted = any(d.targeted for d in devices)
+    # Failed members are settled too: below the ratio (else `drive` aborts first) they are what
+    # the policy tolerates, and they would not turn healthy by waiting.
+    done = targeted and all(d.stage in ("healthy", "offline", "failed") for d in members)
     return _Verdict(done, failed, len(failed) / len(members) if members else 0.0, devices)
 
 
@@ -150,6 +172,8 @@ async def drive(
             healthy_since = None
             if loop.time() > deadline:
                 reason = f"step {step + 1} ({steps[step]}%) was not healthy within {step_timeout_s:g} s"
+                if not any(d.targeted for d in verdict.devices):
+                    reason = f"no device was targeted within {step_timeout_s:g} s"
                 return await _abort(hub, workspace, doc, previous, reason, verdict, display, step_timeout_s)
             await hub.wait_changed(1.0)
         if on_step is not None:
@@ -159,7 +183,7 @@ async def drive(
             summary = f"{doc.name} version {doc.version}: {counts['healthy']} devices healthy"
             if counts["offline"]:
                 summary += f", {counts['offline']} offline (they apply it when they reconnect)"
-            display.message(summary)
+            display.summary(summary)
             return RolloutResult(True, doc.name, doc.version, summary, counts)
         superseded = _superseded(hub, doc)
         if superseded is not None:
@@ -188,7 +212,7 @@ async def _abort(
     if previous is None:
         await _deploy.delete(hub, doc.name, device=doc.device, workspace=workspace)
         summary = f"rollout of {doc.name} version {doc.version} aborted: {reason}; deployment removed"
-        display.message(summary)
+        display.summary(summary)
         return RolloutResult(False, doc.name, doc.version, summary, counts, verdict.failed)
     # What is restored was read back from the broker once: it must still prove to be ours.
     before = _deploy.verified(previous, workspace, _deploy.topic_for(hub, doc.name, doc.device))
@@ -201,7 +225,7 @@ async def _abort(
         f"restored version {before.version}'s content as version {restored.version}"
         + ("" if back else f" (not yet healthy everywhere after {timeout_s:g} s)")
     )
-    display.message(summary)
+    display.summary(summary)
     return RolloutResult(False, doc.name, restored.version, summary, counts, verdict.failed)
 
 
@@ -217,17 +241,22 @@ def _superseded(hub: FleetConnection, doc: DeploymentDocument) -> str | None:
 
 
 async def _converge(hub: FleetConnection, doc: DeploymentDocument, timeout_s: float) -> bool:
-    """Wait until every targeted online device reports `doc` applied; tell whether they did."""
+    """Wait until every targeted online device reports `doc` applied; tell whether they did.
+    No targeted device at all is not "they did": nothing came back."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while loop.time() < deadline:
         devices = progress(doc, hub.snapshot)
         members = [d for d in devices if d.in_step]
-        if all(d.stage in ("healthy", "offline", "failed") for d in members) and all(
-            (seen := hub.snapshot.reports[d.device_id].deployments.get(doc.name)) is not None
-            and seen.version >= doc.version
-            for d in members
-            if d.stage != "offline"
+        if (
+            members
+            and all(d.stage in ("healthy", "offline", "failed") for d in members)
+            and all(
+                (seen := hub.snapshot.reports[d.device_id].deployments.get(doc.name)) is not None
+                and seen.version >= doc.version
+                for d in members
+                if d.stage != "offline"
+            )
         ):
             return True
         await hub.wait_changed(1.0)

@@ -250,6 +250,24 @@ def fleet_status(
         "unverified": [
             dict(u) for u in unverified if deployment is None or u.get("name") in (deployment, None)
         ],
+        "incomplete": incomplete(snapshot),
+    }
+
+
+def incomplete(snapshot: FleetSnapshot) -> dict[str, Any] | None:
+    """None when every retained device state on the broker was read; otherwise where the broker
+    cut the delivery and what was done about it, so nobody takes a partial count for the fleet."""
+    if not snapshot.cut:
+        return None
+    return {
+        "cut": dict(snapshot.cut),
+        "read_by_name": snapshot.read_by_name,
+        "known_without_report": sorted(snapshot.missing),
+        "note": (
+            "the broker dropped retained messages that did not fit its per-client queue; devices "
+            "neither enrolled nor seen may be missing from this status (Mosquitto: max_queued_messages, "
+            "see docs/hub.md)"
+        ),
     }
 
 

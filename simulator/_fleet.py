@@ -15,6 +15,7 @@ holds in memory.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -37,10 +38,12 @@ from modules.device_state import Presence, ReportedState
 from modules.mqtt import MqttSettings, MqttTransport
 from modules.topics import FleetTopics
 from modules.transport import Message, Transport
+from simulator._description import FleetDescription, HardwareProfile
 from simulator._memory import MemoryBroker, MemoryTransport
 from simulator._relay import LinkRelay
 from simulator._runtime import SimulatedRuntime
 from simulator._tags import TagTemplate, tags_for
+from simulator._timeline import Timeline
 
 log = logging.getLogger("modelfleet.simulator")
 
@@ -48,6 +51,17 @@ MEMORY = "memory"
 # Outcomes after which a device has finished with a deployment version (for now).
 SETTLED = frozenset({"applied", "failed", "not-targeted", "refused", "removed", "offline"})
 _START_BATCH = 200
+# From this many devices on, what the fleet holds once started is moved out of the garbage
+# collector's sight (`gc.freeze`): a full collection over thousands of agents' objects is a
+# pause of a second or more on the one loop they all share, and none of it is garbage.
+_FREEZE_AT = 500
+# and the young generation is collected less often: a round of a large fleet makes objects by the
+# hundred thousand, and each collection of them is a pause of its own.
+_LARGE_FLEET_GC_THRESHOLD = (100_000, 20, 100)
+# What a running fleet keeps (new documents, reports, states) is frozen too, every so often; and
+# now and then everything is thawed and collected once, so that garbage frozen meanwhile is freed.
+_REFREEZE_S = 10.0
+_THAW_S = 300.0
 
 
 class SimulatorError(ModelfleetError):
@@ -75,12 +89,20 @@ class Convergence:
 class SimulatedDevice:
     """One device of the fleet: its agent, its simulated modules, and its faults."""
 
-    def __init__(self, fleet: Fleet, index: int, config: AgentConfig, runtime: SimulatedRuntime) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        index: int,
+        config: AgentConfig,
+        runtime: SimulatedRuntime,
+        profile: HardwareProfile | None = None,
+    ) -> None:
         self.fleet = fleet
         self.index = index
         self.device_id = config.device_id
         self.config = config
         self.runtime = runtime
+        self.profile = profile
         self.agent: Agent | None = None
 
     def __repr__(self) -> str:
@@ -105,6 +127,8 @@ class SimulatedDevice:
         """Cut the device's link: no DISCONNECT, so the broker publishes its last will; the agent
         keeps running and serving, and reconnects by itself once the link is back."""
         self.fleet._cut(self)
+        for timeline in self.fleet._timelines:
+            timeline.set_online(self.device_id, False)
 
     def go_online(self) -> None:
         self.fleet._restore(self)
@@ -123,6 +147,21 @@ class SimulatedDevice:
 
     def heal(self, module: str | None = None) -> None:
         self.runtime.heal(module)
+
+    def slow_downloads(self, factor: float) -> None:
+        self.runtime.slow_downloads(factor)
+
+    def cut_downloads(self, at_fraction: float = 0.5, *, every: bool = False) -> None:
+        self.runtime.cut_downloads(at_fraction, every=every)
+
+    def corrupt_downloads(self, *, every: bool = False) -> None:
+        self.runtime.corrupt_downloads(every=every)
+
+    def fill_disk(self) -> None:
+        self.runtime.fill_disk()
+
+    def free_disk(self, free_bytes: int | None = None) -> None:
+        self.runtime.free_disk(free_bytes)
 
     async def restart_agent(self) -> None:
         """Stop the agent cleanly and start a new one on the same data folder, as a reboot does."""
@@ -170,6 +209,8 @@ class Fleet:
         agent_settings: Mapping[str, Any] | None = None,
         connect_timeout_s: float = 60.0,
         prepare: Callable[[SimulatedDevice], None] | None = None,
+        profiles: Callable[[int], HardwareProfile] | None = None,
+        key: Ed25519PrivateKey | None = None,
     ) -> None:
         if size < 0:
             raise ConfigError("a fleet has 0 or more devices")
@@ -193,6 +234,8 @@ class Fleet:
         self.agent_settings = dict(agent_settings or {})
         self.connect_timeout_s = connect_timeout_s
         self.prepare = prepare
+        self.profiles = profiles
+        self.key = key  # what `deploy` signs with when given no key
         self.broker: MemoryBroker | None = (broker or MemoryBroker()) if self.memory else None
         self._own_root = root is None
         self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="modelfleet-sim-"))
@@ -206,6 +249,26 @@ class Fleet:
         self._presence: dict[str, bool] = {}
         self._changed = asyncio.Event()
         self.reports_seen = 0
+        self._frozen = False
+        self._freezer: asyncio.Task[None] | None = None
+        self._timelines: list[Timeline] = []
+        self._gc_threshold: tuple[int, int, int] | None = None
+
+    @classmethod
+    def from_description(
+        cls, description: FleetDescription, *, trust: Sequence[Path | str], **settings: Any
+    ) -> Fleet:
+        """A fleet shaped by a fleet file (`load_fleet_file`); `settings` as for `Fleet(...)`,
+        and they win over the file (e.g. a different `fleet` name)."""
+        given: dict[str, Any] = {
+            "tags": description.tag_template(),
+            "ids": description.ids,
+            "profiles": description.profile_for(),
+        }
+        if description.fleet is not None:
+            given["fleet"] = description.fleet
+        given.update(settings)
+        return cls(description.count, trust=trust, **given)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -242,11 +305,27 @@ class Fleet:
             self._by_id[device.device_id] = device
             if self.prepare is not None:
                 self.prepare(device)
+        large = len(self.devices) >= _FREEZE_AT
+        if large:
+            self._large_fleet_gc()
         for at in range(0, len(new), _START_BATCH):
             await asyncio.gather(*(self._start_agent(d) for d in new[at : at + _START_BATCH]))
+            if large:
+                gc.freeze()  # batch by batch: no full collection over the half-started fleet
         await self._wait_connected(new)
         await self._wait_reported(new)
+        if large:
+            gc.freeze()
         return new
+
+    def _large_fleet_gc(self) -> None:
+        self._frozen = True
+        gc.freeze()
+        if self._gc_threshold is None:
+            self._gc_threshold = gc.get_threshold()
+            gc.set_threshold(*_LARGE_FLEET_GC_THRESHOLD)
+        if self._freezer is None:
+            self._freezer = asyncio.get_running_loop().create_task(self._refreeze(), name="sim-gc")
 
     def _make_device(self, index: int) -> SimulatedDevice:
         device_id = self.ids.format(i=index)
@@ -269,8 +348,12 @@ class Fleet:
             )
         except ValueError as exc:
             raise ConfigError(f"device {device_id!r}: {exc}") from None
-        runtime = SimulatedRuntime(providers=self.providers, start_delay_s=self.start_delay_s)
-        return SimulatedDevice(self, index, config, runtime)
+        profile = self.profiles(index) if self.profiles is not None else None
+        if profile is not None:
+            runtime = SimulatedRuntime(**profile.runtime_settings())
+        else:
+            runtime = SimulatedRuntime(providers=self.providers, start_delay_s=self.start_delay_s)
+        return SimulatedDevice(self, index, config, runtime, profile)
 
     async def _start_agent(self, device: SimulatedDevice) -> None:
         transport: Transport | None = None
@@ -316,12 +399,37 @@ class Fleet:
                 f"(e.g. {', '.join(missing[:3])})"
             ) from None
 
+    @staticmethod
+    async def _refreeze() -> None:
+        since_thaw = 0.0
+        while True:
+            await asyncio.sleep(_REFREEZE_S)
+            since_thaw += _REFREEZE_S
+            if since_thaw >= _THAW_S:
+                since_thaw = 0.0
+                gc.unfreeze()
+                gc.collect()
+            gc.freeze()
+
     async def stop(self) -> None:
+        if self._freezer is not None:
+            self._freezer.cancel()
+            await asyncio.gather(self._freezer, return_exceptions=True)
+            self._freezer = None
+        if self._frozen:
+            gc.unfreeze()  # what the stopped fleet leaves is garbage again
+            self._frozen = False
+        if self._gc_threshold is not None:
+            gc.set_threshold(*self._gc_threshold)
+            self._gc_threshold = None
         running = [d.agent for d in self.devices if d.agent is not None]
         for at in range(0, len(running), _START_BATCH):
             await asyncio.gather(*(a.stop() for a in running[at : at + _START_BATCH]), return_exceptions=True)
         for device in self.devices:
             device.agent = None
+        for timeline in self._timelines:
+            await timeline.stop()
+        self._timelines.clear()
         if self._observer_task is not None:
             self._observer_task.cancel()
             await asyncio.gather(self._observer_task, return_exceptions=True)
@@ -405,10 +513,14 @@ class Fleet:
         await self._observer.publish(topic, payload, retain=retain, timeout=10)
 
     async def deploy(
-        self, doc: DeploymentDocument | Tombstone, key: Ed25519PrivateKey
+        self, doc: DeploymentDocument | Tombstone, key: Ed25519PrivateKey | None = None
     ) -> DeploymentDocument | Tombstone:
-        """Sign `doc` and publish it retained where agents look for it (a fleet deployment, or a
-        device's override when `doc.device` is set); returns the signed document."""
+        """Sign `doc` (with `key`, or the fleet's `key`) and publish it retained where agents
+        look for it (a fleet deployment, or a device's override when `doc.device` is set);
+        returns the signed document."""
+        key = key or self.key
+        if key is None:
+            raise SimulatorError("deploy needs a signing key: deploy(doc, key) or Fleet(..., key=key)")
         signed = sign_document(doc, key)
         topic = self.topics.desired(doc.device) if doc.device else self.topics.deployment(doc.name)
         await self.publish(topic, json.dumps(signed.to_json_dict(), separators=(",", ":")).encode())
@@ -458,14 +570,33 @@ class Fleet:
             self.reports_seen += 1
             self._raw_reports[device_id] = message.payload
             self._reports.pop(device_id, None)
+            for timeline in self._timelines:
+                timeline.on_report(device_id, message.payload)
         elif rest == "status":
             try:
                 self._presence[device_id] = bool(json.loads(message.payload).get("online"))
             except (ValueError, AttributeError):
                 self._presence.pop(device_id, None)
+            for timeline in self._timelines:
+                timeline.on_presence(device_id, message.payload, self._presence.get(device_id, False))
         else:
             return
         self._changed.set()
+
+    def timeline(self, deployment: str, *, every_s: float = 0.5) -> Timeline:
+        """Start recording `deployment` over the fleet (per-state counts over time, messages and
+        bytes per device, failures by reason) from what the broker carries; `await
+        timeline.stop()` ends it. Devices that join later are counted from their first report."""
+        timeline = Timeline(deployment, [d.device_id for d in self.devices], every_s=every_s)
+        for device_id, payload in self._raw_reports.items():
+            timeline.on_report(device_id, payload)
+        timeline.messages.clear()
+        timeline.bytes.clear()
+        for device in self.devices:
+            if not device.online:
+                timeline.set_online(device.device_id, False)
+        self._timelines.append(timeline)
+        return timeline
 
     def report(self, device_id: str) -> ReportedState | None:
         """The device's last report as published on the broker (None: none seen, or unreadable)."""

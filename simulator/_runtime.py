@@ -7,9 +7,13 @@ starting, running with the desired digest; failed with a reason; backoff and a r
 after a crash; unhealthy), because those reports are what the status book, the rollout watcher
 and `modelfleet status` judge.
 
-Behaviour is set per device, at any time: a start delay (the download and start-up a real device
-takes), a module that fails its next start or every start, a running module that crashes, one
-that turns unhealthy.
+Behaviour is set per device, at any time: a start delay (the start-up a real device takes), a
+download at the device's bandwidth (progress reported as the real store reports it) that can be
+slow, cut or corrupted, a disk that fills, a module that fails its next start or every start, a
+running module that crashes, one that turns unhealthy. Download faults raise the errors the real
+artifact store raises (`RegistryUnreachableError` for a cut link, `DigestMismatchError` for bytes
+that do not hash to their digest), so the agent classifies them exactly as on a device: failures
+time can fix, retried with backoff; a cut download resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from edge_agent import InstanceRecord
-from modules import ModelfleetError
+from modules import DigestMismatchError, ModelfleetError, RegistryUnreachableError
 from modules.device_state import ModuleState
 from modules.service_keys import ServiceKeys
 
@@ -49,6 +53,29 @@ class SimulatedStartError(ModelfleetError):
     """A simulated module did not start (the stand-in for `init()` raising or readiness failing)."""
 
 
+class SimulatedDiskFullError(ModelfleetError):
+    """The device's disk has no room for the download: as on a device, freeing space fixes it."""
+
+    transient = True
+
+
+DEFAULT_MODULE_BYTES = 20 * 2**20
+"""What a module "weighs" when nothing says otherwise: a small model and its code."""
+PROGRESS_STEP_S = 0.5
+"""How often a simulated download advances (and may report progress)."""
+
+
+@dataclass
+class DownloadFaults:
+    """What the device's downloads will do. `once`: the fault applies to the next download only."""
+
+    slow_factor: float = 1.0  # bandwidth multiplier (0.1: ten times slower)
+    cut_at: float | None = None  # fraction of the bytes after which the link drops
+    cut_once: bool = True
+    corrupt: bool = False
+    corrupt_once: bool = True
+
+
 @dataclass
 class ModuleFaults:
     """What a device's modules will do; changed by the fleet's fault methods."""
@@ -71,13 +98,15 @@ class _DeadPort:
     metrics scrape) fails fast instead of reaching some real service on a made-up port."""
 
     _sock: socket.socket | None = None
+    _port = 0  # asked of the socket once: every start of every device reads it
 
     @classmethod
     def port(cls) -> int:
         if cls._sock is None:
             cls._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             cls._sock.bind(("127.0.0.1", 0))
-        return int(cls._sock.getsockname()[1])
+            cls._port = int(cls._sock.getsockname()[1])
+        return cls._port
 
 
 def _now() -> datetime:
@@ -93,11 +122,23 @@ class SimulatedRuntime:
         providers: tuple[str, ...] = ("CPUExecutionProvider",),
         start_delay_s: float = 0.0,
         restart_delay_s: float = 0.5,
+        bandwidth_bps: float = 0.0,
+        disk_free_bytes: int | None = None,
+        module_bytes: int = DEFAULT_MODULE_BYTES,
     ) -> None:
+        """`bandwidth_bps` 0: downloads take no time (what a benchmark of the agent wants);
+        `disk_free_bytes` None: the disk never fills."""
         self.providers = list(providers)
         self.start_delay_s = start_delay_s
         self.restart_delay_s = restart_delay_s
+        self.bandwidth_bps = bandwidth_bps
+        self.disk_free_bytes = disk_free_bytes
+        self.module_bytes = module_bytes
         self.faults = ModuleFaults()
+        self.download_faults = DownloadFaults()
+        self.downloads = 0  # downloads begun, failed ones included
+        self._stored: set[str] = set()  # digests in the (simulated) artifact store
+        self._partial: dict[str, int] = {}  # digest -> bytes kept from a cut download
         self.starts = 0  # start and replace commands carried out, failed ones included
         self._running: dict[str, _Running] = {}
         self._serial = itertools.count(1)
@@ -117,10 +158,37 @@ class SimulatedRuntime:
         """Every start of this version fails, whatever the module's name: a bad release."""
         self.faults.fail_digests[digest] = reason
 
+    def slow_downloads(self, factor: float) -> None:
+        """Downloads run at `factor` times the bandwidth (1.0: back to normal)."""
+        if factor <= 0:
+            raise ModelfleetError("a slow-down factor is above 0")
+        self.download_faults.slow_factor = factor
+
+    def cut_downloads(self, at_fraction: float = 0.5, *, every: bool = False) -> None:
+        """The link drops after `at_fraction` of the bytes, on the next download (or every one)."""
+        if not 0 <= at_fraction < 1:
+            raise ModelfleetError("a download is cut after 0 to less than 1 of its bytes")
+        self.download_faults.cut_at = at_fraction
+        self.download_faults.cut_once = not every
+
+    def corrupt_downloads(self, *, every: bool = False) -> None:
+        """The next download (or every one) arrives with bytes that do not hash to its digest."""
+        self.download_faults.corrupt = True
+        self.download_faults.corrupt_once = not every
+
+    def fill_disk(self) -> None:
+        self.disk_free_bytes = 0
+
+    def free_disk(self, free_bytes: int | None = None) -> None:
+        """Room again (None: the disk never fills)."""
+        self.disk_free_bytes = free_bytes
+
     def heal(self, module: str | None = None) -> None:
-        """Forget start faults (of one module, or all) and make running modules healthy again."""
+        """Forget start faults (of one module, or all; download faults too when all) and make
+        running modules healthy again."""
         if module is None:
             self.faults = ModuleFaults()
+            self.download_faults = DownloadFaults()
         else:
             self.faults.fail_next.pop(module, None)
             self.faults.fail_always.pop(module, None)
@@ -200,6 +268,8 @@ class SimulatedRuntime:
         so only a first start reports its intermediate states."""
         self.starts += 1
         name = desired.name
+        if desired.digest not in self._stored:
+            await self._download(desired, replacing=replacing)
         if self.start_delay_s > 0:
             if not replacing:
                 self._on_state(name, self._state(desired, status="downloading"))
@@ -221,6 +291,56 @@ class SimulatedRuntime:
         self._running[name] = _Running(record, state)
         self._on_state(name, state)
         return record
+
+    async def _download(self, desired: _Desired, *, replacing: bool) -> None:
+        """The artifact arrives at the device's bandwidth, resumes after a cut, and is checked
+        (a corrupted one is thrown away, as the store does); progress goes where the real
+        store's goes."""
+        name, digest, total = desired.name, desired.digest, self.module_bytes
+        faults = self.download_faults
+        done = self._partial.get(digest, 0)
+        if self.disk_free_bytes is not None and self.disk_free_bytes < total - done:
+            raise SimulatedDiskFullError(
+                f"not enough disk space for {name}: {total - done} bytes needed, {self.disk_free_bytes} free"
+            )
+        self.downloads += 1
+        if not replacing:
+            self._on_state(name, self._state(desired, status="downloading"))
+        cut_at = None if faults.cut_at is None else int(total * faults.cut_at)
+        if cut_at is not None and faults.cut_once:
+            faults.cut_at = None
+        progress = self._on_progress or (lambda *_args: None)
+        while done < total:
+            bandwidth = self.bandwidth_bps * faults.slow_factor
+            step = (
+                total - done if bandwidth <= 0 else min(total - done, int(bandwidth * PROGRESS_STEP_S) or 1)
+            )
+            if cut_at is not None and done + step > cut_at:
+                if cut_at > done and bandwidth > 0:
+                    await asyncio.sleep((cut_at - done) / bandwidth)
+                done = max(done, cut_at)
+                self._partial[digest] = done
+                progress(name, digest, done, total)
+                raise RegistryUnreachableError(
+                    f"download of {name} cut after {done} of {total} bytes (simulated link drop)"
+                )
+            if bandwidth > 0:
+                await asyncio.sleep(step / bandwidth)
+            done += step
+            if done < total:
+                progress(name, digest, done, total)
+        self._partial.pop(digest, None)
+        if faults.corrupt:
+            if faults.corrupt_once:
+                faults.corrupt = False
+            progress(name, digest, total, total)
+            raise DigestMismatchError(
+                f"{name}: the downloaded bytes do not hash to {digest} (simulated corruption); discarded"
+            )
+        progress(name, digest, total, total)
+        self._stored.add(digest)
+        if self.disk_free_bytes is not None:
+            self.disk_free_bytes -= total
 
     @staticmethod
     def _state(desired: _Desired, **fields: Any) -> ModuleState:

@@ -7,9 +7,11 @@ same client and CLI work unchanged against either.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,3 +74,49 @@ def registry(request: pytest.FixtureRequest) -> Service:
     """Either real registry; tests using it run once against each."""
     name = "distribution" if request.param == "distribution" else "embedded_registry"
     return request.getfixturevalue(name)
+
+
+SimFleetFactory = Callable[..., Awaitable[Any]]
+
+
+@pytest.fixture
+async def sim_fleet(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[SimFleetFactory]:
+    """Simulated fleets of real agents for any suite: `fleet = await sim_fleet(n, **settings)`,
+    started (every device connected and reported) and stopped after the test.
+
+    `hub`: "memory" (default: the in-process broker), "mosquitto" (the session's Mosquitto) or a
+    URL. `trust`: publisher key files the devices trust; without it a fresh key is made, and
+    `fleet.deploy(doc)` signs with it (`fleet.key`). `fleet`: the topic prefix (a fresh one by
+    default, so tests sharing the session broker do not see each other's retained messages).
+    Everything else goes to `simulator.Fleet` (`tags`, `ids`, `links`, `profiles`, `prepare`...).
+    """
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from modules.signing import public_key_pem
+    from simulator import Fleet
+
+    fleets: list[Any] = []
+
+    async def make(
+        size: int, *, hub: str = "memory", trust: list[Path] | None = None, **settings: Any
+    ) -> Any:
+        if hub == "mosquitto":
+            hub = request.getfixturevalue("mosquitto").url
+        folder = tmp_path / f"sim-fleet-{len(fleets)}"
+        folder.mkdir()
+        if trust is None:
+            key = settings.pop("key", None) or Ed25519PrivateKey.generate()
+            (folder / "publisher.pub.pem").write_text(public_key_pem(key))
+            trust = [folder / "publisher.pub.pem"]
+            settings["key"] = key
+        settings.setdefault("fleet", f"sim{os.urandom(3).hex()}")
+        fleet = Fleet(size, trust=trust, hub=hub, root=folder / "devices", **settings)
+        await fleet.start()
+        fleets.append(fleet)
+        return fleet
+
+    try:
+        yield make
+    finally:
+        for fleet in fleets:
+            await fleet.stop()

@@ -37,7 +37,7 @@ async def test_import_export_and_import_again(
     code, out, err = await acli(ws, "deploy", "import", str(IOTEDGE / "wrapped-deployment-show.json"))
     assert code == 0, err
     assert "published deployment plant1-base version 1 (target \"tags.site='plant-1'" in out
-    assert "'modbusReader' is a docker module" in err
+    assert "docker module" not in err, "docker modules run on the agent's docker runtime: no caveat"
     doc = await held(ws, mosquitto.port, "plant1-base")
     original = json.loads((IOTEDGE / "wrapped-deployment-show.json").read_text())
     assert doc.to_json_dict()["content"] == original["content"]

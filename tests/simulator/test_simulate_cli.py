@@ -95,3 +95,89 @@ def test_an_in_memory_hub_is_refused_with_one_line(tmp_path: Path) -> None:
     assert proc.stderr.strip().splitlines() == [
         "modelfleet: error: --hub must be a real broker (other commands cannot reach an in-memory one)"
     ]
+
+
+@pytest.mark.services
+async def test_sim_run_with_a_fleet_file_and_a_fault_records_the_timeline_and_plots_it(
+    tmp_path: Path, mosquitto: Service
+) -> None:
+    fleet = f"simrun{os.urandom(3).hex()}"
+    topics = FleetTopics(fleet)
+    (tmp_path / "fleet.yaml").write_text(
+        f"count: 6\nfleet: {fleet}\nids: 'cam-{{i:02d}}'\n"
+        "tags:\n  gpu: {share: 50, value: true, otherwise: false}\n"
+    )
+    plot = tmp_path / "timeline.png"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "modules.cli", "sim", "run", "--fleet-file", str(tmp_path / "fleet.yaml"),
+        "--hub", mosquitto.url, "--trust", str(trust_file(tmp_path)), "--no-links",
+        "--fault", "do=fail-start,module=scorer,gpu=true", "--plot", str(plot), "--json", "--progress", "0.3",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    publisher = MqttTransport(MqttSettings(url=mosquitto.url, client_id=f"test-{fleet}"))
+    publisher.subscribe(topics.all_reported)
+    seen: dict[str, str] = {}
+
+    async def watch() -> None:
+        async for message in publisher.messages():
+            if message.payload:
+                report = ReportedState.model_validate_json(message.payload)
+                if "iris" in report.deployments:
+                    seen[report.device_id] = report.deployments["iris"].outcome
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await publisher.start()
+        signed = sign_document(document(1, fleet=fleet), KEY)
+        for _ in range(300):  # the devices start with the retained document, or get it live
+            await asyncio.sleep(0.1)
+            if _ == 20:
+                await publisher.publish(
+                    topics.deployment("iris"), json.dumps(signed.to_json_dict()).encode(), retain=True
+                )
+            if len(seen) == 6 and set(seen.values()) <= {"applied", "failed"}:
+                break
+        assert sorted(seen.items()) == [
+            ("cam-00", "applied"), ("cam-01", "failed"), ("cam-02", "applied"),
+            ("cam-03", "failed"), ("cam-04", "applied"), ("cam-05", "failed"),
+        ]  # fmt: skip
+        await asyncio.sleep(1.0)  # a timeline sample after the last change
+    finally:
+        watcher.cancel()
+        await publisher.stop()
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    summary = json.loads(out)["timeline"]
+    assert (
+        summary["deployment"] == "iris"
+        and summary["final"]["healthy"] == 3
+        and summary["final"]["failed"] == 3
+    )
+    assert summary["failures_by_reason"] == {
+        "scorer: module scorer did not start: init() raised RuntimeError (simulated)": 3
+    }
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"fail-start scorer [gpu=True] (3 devices)" in err
+
+
+@pytest.mark.services
+def test_sim_run_warns_past_the_embedded_hubs_limit_and_simulate_is_the_same_command(
+    tmp_path: Path, mosquitto: Service
+) -> None:
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "modules.cli", *argv, "--hub", mosquitto.url, "--no-links",
+             "--fleet", f"simwarn{os.urandom(3).hex()}", "--trust", str(trust_file(tmp_path)),
+             "--duration", "0.2"],
+            capture_output=True, text=True, cwd=ROOT, timeout=120,
+        )  # fmt: skip
+
+    past = run("sim", "run", "--devices", "101")
+    assert past.returncode == 0, past.stderr
+    assert "past what its broker handles (about 100, docs/hub.md)" in past.stderr
+    assert "simulating 101 devices" in past.stderr
+    within = run("simulate", "--devices", "3")
+    assert within.returncode == 0, within.stderr
+    assert "warning" not in within.stderr and "simulating 3 devices" in within.stderr
