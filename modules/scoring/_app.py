@@ -7,12 +7,12 @@ clients expect), and every request is counted under its route template.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -64,13 +64,18 @@ def _error(status: int, message: str, v2: bool, request_id: str | None = None) -
     )
 
 
-@dataclass(frozen=True, slots=True)
 class RequestIds:
-    """Azure ML's request ids: the server's own, the client's, and the legacy echo of both."""
+    """Azure ML's request ids: the server's own, the client's, and the legacy echo of both.
 
-    request_id: str
-    legacy: str
-    client: str
+    A plain slotted class: one is made for every request, and a frozen dataclass takes three
+    times as long to build (0.38 against 0.13 us)."""
+
+    __slots__ = ("client", "legacy", "request_id")
+
+    def __init__(self, request_id: str, legacy: str, client: str) -> None:
+        self.request_id = request_id
+        self.legacy = legacy
+        self.client = client
 
     def apply(self, headers: Any, trace_id: str | None) -> None:
         headers["x-request-id"] = self.request_id
@@ -90,9 +95,33 @@ class RequestIdTooLongError(RequestHeaderTooLargeError):
         self.request_id = request_id
 
 
+class _RequestIdSource:
+    """UUID-shaped (version 4) request ids, unique without a system call per request.
+
+    `uuid.uuid4()` reads the kernel's random source for every request; an id only has to be
+    unique, so each process draws 74 random bits once and counts in the last 48. A forked
+    worker draws its own, so processes sharing a port never hand out the same id.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        drawn = uuid.uuid4().hex
+        self._prefix = f"{drawn[:8]}-{drawn[8:12]}-{drawn[12:16]}-{drawn[16:20]}-"
+        self._counter = itertools.count(int(drawn[20:], 16))
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFF:012x}"
+
+
+new_request_id = _RequestIdSource()
+
+
 def request_ids(headers: Any) -> RequestIds:
     """The ids as Azure ML's server derives them; an id over 100 characters is a 431."""
-    request_id = headers.get("x-request-id") or str(uuid.uuid4())
+    request_id = headers.get("x-request-id") or new_request_id()
     if len(request_id) > _REQUEST_ID_LIMIT:
         raise RequestIdTooLongError(f"x-request-id must not exceed {_REQUEST_ID_LIMIT} characters", None)
     legacy = headers.get("x-ms-request-id", "")
@@ -148,20 +177,32 @@ def _middleware(host: ScoringHost, cors: Cors) -> Any:
     details = host.settings.error_details
     gzip_min_bytes = host.settings.gzip_min_bytes
 
+    # Fixed for the host's life: looked up once here rather than on every request.
+    cors_enabled = cors.enabled
+    auth_enabled = host.auth.enabled
+    allows = host.auth.allows
+    observe = host.metrics.observe_request
+    perf_counter = time.perf_counter
+
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-        started = time.perf_counter()
+        started = perf_counter()
         resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
-        v2 = request.path.startswith("/v2")
+        if resource is not None:
+            route = resource.canonical
+            v2 = route.startswith("/v2")
+        else:
+            route = "unmatched"
+            v2 = request.path.startswith("/v2")
         ids: RequestIds | None = None
+        headers = request.headers
         try:
-            ids = request_ids(request.headers)
+            ids = request_ids(headers)
             request[_IDS_KEY] = ids
-            if cors.enabled and cors.is_preflight(request) and (host.auth.enabled or route != "/score"):
+            if cors_enabled and cors.is_preflight(request) and (auth_enabled or route != "/score"):
                 # Browsers send preflights without credentials; with auth on, none reaches run().
                 response: web.StreamResponse = cors.preflight(request)
-            elif route not in _PUBLIC_ROUTES and not host.auth.allows(request.headers.get("Authorization")):
+            elif auth_enabled and route not in _PUBLIC_ROUTES and not allows(headers.get("Authorization")):
                 response = _error(401, "missing or invalid key", v2)
                 response.headers["WWW-Authenticate"] = "Bearer"
             else:
@@ -192,11 +233,15 @@ def _middleware(host: ScoringHost, cors: Cors) -> Any:
         if not response.prepared:
             if gzip_min_bytes is not None:
                 _maybe_gzip(response, request, gzip_min_bytes)
-            if route in _RUN_FLAG_ROUTES and not v2 and "x-ms-run-function-failed" not in response.headers:
+            response_headers = response.headers
+            if route in _RUN_FLAG_ROUTES and not v2 and "x-ms-run-function-failed" not in response_headers:
                 failed = route == "/score" and response.status >= 500
-                response.headers["x-ms-run-function-failed"] = "True" if failed else "False"
-            decorate(response, request, cors)
-        host.metrics.observe_request(request.method, route, response.status, time.perf_counter() - started)
+                response_headers["x-ms-run-function-failed"] = "True" if failed else "False"
+            if ids is not None:
+                ids.apply(response_headers, headers.get("TraceId"))
+            if cors_enabled:
+                cors.apply(request, response)
+        observe(request.method, route, response.status, perf_counter() - started)
         return response
 
     return middleware
@@ -212,10 +257,10 @@ def _maybe_gzip(response: web.StreamResponse, request: web.Request, min_bytes: i
     binary tensors) do not shrink, so both go as they are. Streamed answers are left alone:
     their chunks must leave as the script yields them.
     """
-    if type(response) is not web.Response or response.headers.get("Content-Encoding"):
+    if type(response) is not web.Response:
         return
     body = response.body
-    if not isinstance(body, bytes) or len(body) < min_bytes:
+    if not isinstance(body, bytes) or len(body) < min_bytes or response.headers.get("Content-Encoding"):
         return
     mimetype = response.content_type
     if not (
@@ -277,15 +322,18 @@ def _add_azureml_routes(app: web.Application, host: ScoringHost, cors: Cors) -> 
             return web.Response(status=200, body=b"", content_type="text/html", charset="utf-8")
         incoming = AMLRequest(request.method, request.path, request.query_string, request.headers, body)
         started = time.perf_counter()
-        reply = await host.within_timeout(host.handler.score(incoming))
+        if host.handler.runs_inline(len(body)):
+            reply = await host.handler.score(incoming)
+        else:
+            reply = await host.within_timeout(host.handler.score(incoming))
         exec_ms = reply.exec_ms if reply.exec_ms is not None else (time.perf_counter() - started) * 1000
         failed = reply.run_function_failed or reply.status_code >= 500
         headers = reply.header_items()
         headers.append(("x-ms-run-function-failed", "True" if failed else "False"))
         # Three decimals, never an exponent, as Azure ML writes it.
         headers.append(("x-ms-run-fn-exec-ms", f"{exec_ms:.3f}"))
-        if reply.stream is None:
-            return web.Response(body=reply.body, status=reply.status_code, headers=CIMultiDict(headers))
+        if reply.stream is None:  # aiohttp copies the pairs into its own CIMultiDict
+            return web.Response(body=reply.body, status=reply.status_code, headers=headers)
         response = web.StreamResponse(status=reply.status_code, headers=CIMultiDict(headers))
         decorate(response, request, cors)
         await stream_reply(request, response, reply.stream, host.executor)

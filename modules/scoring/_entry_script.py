@@ -97,9 +97,7 @@ class EntryScriptHandler(Handler):
         _script_json.restore()  # for hosts embedded in a longer-lived process
 
     async def score(self, request: AMLRequest) -> AMLResponse:
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self.executor, self._score_sync, request)
-        return result
+        return await self.offload(self._score_sync, request, len(request.data))
 
     def _score_sync(self, request: AMLRequest) -> AMLResponse:
         # Parsing and conversion run here too: big bodies must not stall the event loop.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
+from typing import Any
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -48,6 +49,8 @@ class ScoringMetrics:
         self.batch_size = Histogram(BATCH_BUCKETS)
         self.model_load_seconds: float | None = None
         self.ready = False
+        # The handler's InlineGate, once it has one: whether runs are answered on the loop.
+        self.inline_gate: Any = None
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests[(method, route, status)] += 1
@@ -89,4 +92,13 @@ class ScoringMetrics:
             "# TYPE modelfleet_scoring_ready gauge",
             f"modelfleet_scoring_ready {int(self.ready)}",
         ]
+        if self.inline_gate is not None:
+            lines += [
+                "# HELP modelfleet_scoring_inline 1 while runs (measured tiny) are answered on the loop.",
+                "# TYPE modelfleet_scoring_inline gauge",
+                f"modelfleet_scoring_inline {int(self.inline_gate.inline)}",
+                "# HELP modelfleet_scoring_inline_moves_back_total Times runs went back to the threads.",
+                "# TYPE modelfleet_scoring_inline_moves_back_total counter",
+                f"modelfleet_scoring_inline_moves_back_total {self.inline_gate.moves_back}",
+            ]
         return "\n".join(lines) + "\n"

@@ -17,6 +17,7 @@ import sys
 
 from aiohttp import web
 
+from . import _loop
 from ._settings import ScoringSettings
 from ._workers import BalancedAcceptor, ConnectionTable, WorkerSupervisor, bind_socket, multiprocess_supported
 
@@ -93,7 +94,7 @@ def run_server(settings: ScoringSettings) -> int:
             return _run_workers(settings)
         log.warning("several processes need fork(); serving with one process")
     try:
-        asyncio.run(_serve_until_signal(settings))
+        _loop.run(_serve_until_signal(settings))
     except KeyboardInterrupt:
         log.info("stopped")
     except OSError as exc:

@@ -62,6 +62,10 @@ class ScoringSettings(BaseModel):
     # only queue for the GIL and the cores.
     inference_workers: int = Field(default_factory=lambda: min(cpu_count(), 4), ge=1)
     intra_op_threads: int | None = Field(None, ge=1)
+    # An entry-script run measured to take less than this moves from the inference threads onto
+    # the event loop, where it saves the hop between the two; one that takes longer goes back
+    # (see _inline.py). 0: always on the threads.
+    inline_below_ms: float = Field(1.0, ge=0)
     # Worker processes sharing the port, each with its own init() and model copy. 1 here (the
     # Python API and the agent's settings file: memory is the device owner's call); the CLI
     # defaults to the number of CPUs.

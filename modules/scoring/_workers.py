@@ -33,6 +33,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from . import _loop
 from ._settings import ScoringSettings
 
 log = logging.getLogger("modelfleet.scoring")
@@ -217,7 +218,7 @@ def _worker_main(
             await serve_on_socket(settings, sock, table, index)  # type: ignore[misc]
 
     try:
-        asyncio.run(main())
+        _loop.run(main())
     except Exception:
         log.exception("scoring worker %d failed", index)
         return 1

@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help=f"worker processes sharing the port, each running init() (default: CPUs, here {cpu_count()})",
     )
+    parser.add_argument(
+        "--inline-below-ms",
+        type=float,
+        help="entry-script runs measured to take less than this run on the event loop, saving the hop to an "
+        "inference thread (default 1; 0: always on the threads)",
+    )
     parser.add_argument("--keys-file", type=Path, help="JSON or two lines: primary, secondary")
     parser.add_argument("--access-log", action="store_true")
     parser.add_argument(
@@ -100,6 +106,8 @@ def settings_from_args(args: argparse.Namespace) -> ScoringSettings:
     }
     if args.workers is not None:
         values["inference_workers"] = args.workers
+    if getattr(args, "inline_below_ms", None) is not None:
+        values["inline_below_ms"] = args.inline_below_ms
     if args.max_batch_size is not None:
         values["batching"] = BatchingSettings(
             max_batch_size=args.max_batch_size, max_wait_ms=args.max_batch_wait_ms

@@ -134,3 +134,14 @@ def test_error_details_default_on_only_for_an_entry_script_on_loopback():
     assert settings("--host", "0.0.0.0", "--entry-script", script, "--error-details").error_details is True
     assert settings().error_details is False  # zero-code: nothing of a script's to show
     assert settings("--cors-origins", "https://a.example, *").cors_origins == ["https://a.example", "*"]
+
+
+def test_inline_threshold_flag_reaches_the_settings():
+    from modules.scoring.cli import build_parser, settings_from_args
+
+    def settings(*extra: str):
+        return settings_from_args(build_parser().parse_args(["--model-dir", str(IRIS_DIR), *extra]))
+
+    assert settings().inline_below_ms == 1.0
+    assert settings("--inline-below-ms", "0").inline_below_ms == 0
+    assert settings("--inline-below-ms", "2.5").inline_below_ms == 2.5
