@@ -43,7 +43,7 @@ DIGEST_PATTERN = r"^sha256:[a-f0-9]{64}$"
 class Descriptor(BaseModel):
     """One manifest entry. The digest pattern matters: its hex becomes a file name on devices."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(defer_build=True, extra="ignore", populate_by_name=True)
 
     media_type: str = Field(alias="mediaType")
     digest: str = Field(pattern=DIGEST_PATTERN)
@@ -58,7 +58,7 @@ class Descriptor(BaseModel):
 class ModuleManifest(BaseModel):
     """A module artifact's image manifest, as far as a reader needs it."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(defer_build=True, extra="ignore")
 
     config: Descriptor
     layers: list[Descriptor] = Field(default_factory=list)

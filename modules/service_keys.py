@@ -39,7 +39,7 @@ class SealedKeysError(ModelfleetError):
 
 
 class SealedBox(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     alg: Literal["x25519-hkdf-sha256-chacha20poly1305"] = ALG
     ephemeral: str
@@ -50,7 +50,7 @@ class SealedBox(BaseModel):
 class ServiceKeysDocument(BaseModel):
     """Wire form on `devices/<id>/keys/<deployment>` (retained)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", populate_by_name=True)
 
     fleet: str
     name: str = Field(description="The deployment the keys open")
@@ -62,6 +62,8 @@ class ServiceKeysDocument(BaseModel):
 
 
 class ServiceKeys(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     primary: SecretStr
     secondary: SecretStr
 

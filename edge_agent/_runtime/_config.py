@@ -23,7 +23,7 @@ class InstanceConfig(BaseModel):
     how `adopt()` recognises its own processes after the agent restarts.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     instance_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     module: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

@@ -76,7 +76,7 @@ class _Open(BaseModel):
     """Keeps unknown fields, values as given and the input's key order, so IoT Edge manifests
     round-trip exactly, including features we do not model."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True, strict=True)
+    model_config = ConfigDict(defer_build=True, extra="allow", populate_by_name=True, strict=True)
 
     _key_order: tuple[str, ...] = PrivateAttr(default=())
 

@@ -53,7 +53,7 @@ __all__ = [
 class RegistryLogin(BaseModel):
     """One entry of `registryCredentials`, as IoT Edge spells it."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(defer_build=True, extra="ignore")
 
     address: str
     username: str
