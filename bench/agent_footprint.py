@@ -8,11 +8,16 @@ written on these libraries starts from. The bench prints medians and the ratio a
     python bench/agent_footprint.py --runs 3
 
 Services: the embedded hub (`modelfleet hub up`) on free loopback ports, started by the bench.
+
+The agent's own packages are byte-compiled first, as installing them does: the floor's libraries
+come with their bytecode, and an agent run from a source tree with `PYTHONDONTWRITEBYTECODE` set
+would otherwise be measured compiling its sources at every start (about 0.5 MiB more).
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import signal
@@ -85,6 +90,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--idle-seconds", type=float, default=3.0)
     args = parser.parse_args()
+    for package in ("modules", "edge_agent"):
+        compileall.compile_dir(ROOT / package, quiet=1)
 
     from modules.deployment import DeploymentDocument, sign_document
     from modules.signing import load_signing_key
