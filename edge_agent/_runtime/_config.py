@@ -16,6 +16,13 @@ from modules.spec import ModuleSpec
 _HOST_PROVIDERS = ("cuda", "tensorrt", "openvino", "cpu")
 
 
+def containers_dir(data_dir: Path) -> Path:
+    """Where the Docker runtime keeps its logs and the images it pulled; absent until this agent
+    first runs a container, which is how the executor knows, without the Docker modules, that
+    there is no container of its own to look for."""
+    return data_dir / "runtime" / "containers"
+
+
 class InstanceConfig(BaseModel):
     """One instance of one module version on one internal port.
 
