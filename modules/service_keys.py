@@ -16,20 +16,20 @@ import os
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 
 from modules import _pem
 from modules._errors import ConfigError, ModelfleetError
 from modules.deployment import Signature, signing_payload, verify_document
 from modules.signing import public_key_id
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 ALG = "x25519-hkdf-sha256-chacha20poly1305"
 
@@ -141,6 +141,11 @@ def _context(fleet: str, name: str, device: str, version: int) -> bytes:
 
 
 def _cipher(shared: bytes, context: bytes) -> ChaCha20Poly1305:
+    # imported here: an agent opens or a publisher seals keys now and then, never while idle
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=context).derive(shared)
     return ChaCha20Poly1305(key)
 
