@@ -7,7 +7,6 @@ variable, which is how systemd credentials and container secrets hand them over.
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -165,6 +164,8 @@ def load_agent_config(
     env = os.environ if environ is None else environ
     data: dict[str, Any] = {}
     if path is not None:
+        import tomllib  # only a device configured by file needs the TOML parser
+
         try:
             raw = tomllib.loads(Path(path).read_text())
         except FileNotFoundError:

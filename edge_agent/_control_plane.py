@@ -6,14 +6,19 @@ clients, so a second control plane is a new branch here and nothing in the agent
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import ValidationError
 
 from edge_agent._config import AgentConfig
 from modules import ConfigError
 from modules.azureiot import SCHEME as IOTHUB_SCHEME
-from modules.azureiot import IotHubSettings, IotHubTransport, hub_host
+from modules.azureiot import IotHubSettings, hub_host
 from modules.mqtt import MqttSettings, MqttTransport
 from modules.transport import Transport
+
+if TYPE_CHECKING:
+    from modules.azureiot import IotHubTransport
 
 # (topic, payload, retain) the control plane publishes for the device if its connection dies
 Will = tuple[str, bytes, bool]
@@ -38,6 +43,9 @@ def default_transport(config: AgentConfig, will: Will) -> Transport:
 
 
 def iothub_transport(config: AgentConfig) -> IotHubTransport:
+    # imported here: an agent on MQTT never loads the IoT Hub transport
+    from modules.azureiot import IotHubTransport
+
     try:
         settings = IotHubSettings(
             device_id=config.device_id,

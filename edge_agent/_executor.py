@@ -20,14 +20,14 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent._config import AgentConfig
 from edge_agent._device_info import execution_providers
 from edge_agent._module_runtime import KeysLookup, ProgressListener, StateListener
 from edge_agent._planner import ActualModule, DesiredModule, Remove, Replace, Start
 from edge_agent._runtime import Backoff, FrontProxy, InstanceConfig, ProcessRuntime, Supervisor
-from edge_agent._runtime._docker_modules import ContainerModules
+from edge_agent._runtime._config import containers_dir
 from edge_agent._state import InstanceRecord
 from edge_agent._store import ArtifactStore, StoredModule
 from modules import ModelfleetError
@@ -37,6 +37,9 @@ from modules.oci import RegistryClient, RegistryCredentials
 from modules.scoring.twin import TWIN_DIR_ENV
 from modules.spec import HealthProbe, Resources
 from modules.tasks import cancel_and_wait
+
+if TYPE_CHECKING:
+    from edge_agent._runtime._docker_modules import ContainerModules
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +92,8 @@ class Executor:
         self.runtime = runtime
         self.registry = registry or self._registry
         # Container modules; the engine is reached on first use only, so a device without Docker
-        # runs process modules as before.
-        self.containers = containers or ContainerModules(config)
+        # runs process modules as before, and the Docker modules are imported on first use too.
+        self._containers = containers
         self.on_state: StateListener = lambda _name, _state: None
         self.keys_for: KeysLookup = lambda _deployment: None
         self.on_progress: ProgressListener | None = None
@@ -101,6 +104,14 @@ class Executor:
         self._tag_watch: asyncio.Task[None] | None = None
         # module -> a digest its tag pointed at that did not come up: not tried again
         self._bad_digests: dict[str, str] = {}
+
+    @property
+    def containers(self) -> ContainerModules:
+        if self._containers is None:
+            from edge_agent._runtime._docker_modules import ContainerModules
+
+            self._containers = ContainerModules(self.config)
+        return self._containers
 
     def bind(
         self, on_state: StateListener, keys_for: KeysLookup, on_progress: ProgressListener | None = None
@@ -126,9 +137,10 @@ class Executor:
     async def prune(self, keep_digests: set[str]) -> None:
         # a container module named by tag has no artifact digest (""): nothing of it is in the store
         await self.store.gc_async({d for d in keep_digests if d})
-        await self.containers.prune(
-            {r.record.instance_id for r in self.running.values() if r.record.desired.kind == "docker"}
-        )
+        if self._containers is not None:  # one never used has pulled no image
+            await self._containers.prune(
+                {r.record.instance_id for r in self.running.values() if r.record.desired.kind == "docker"}
+            )
 
     # -- building blocks ----------------------------------------------------------------------
 
@@ -545,6 +557,8 @@ class Executor:
         keep_containers = {
             r.record.instance_id for r in self.running.values() if r.record.desired.kind == "docker"
         }
+        if self._containers is None and not containers_dir(self.config.data_dir).exists():
+            return strays  # never ran a container: nothing of ours can be on the engine
         return strays + await self.containers.reap_strays(keep_containers)
 
     async def restart(self, name: str) -> None:
@@ -560,7 +574,7 @@ class Executor:
         """A container module whose image is named by tag is looked up again every
         `docker_tag_poll_s`: a tag pushed again with new content is redeployed (by digest, with the
         safe update), which IoT Edge's agent does not do."""
-        if self._tag_watch is None and self.containers.by_tag(desired):
+        if self._tag_watch is None and desired.image is not None and self.containers.by_tag(desired):
             self._tag_watch = asyncio.get_running_loop().create_task(self._tags(), name="docker-tags")
 
     async def _tags(self) -> None:
@@ -603,4 +617,5 @@ class Executor:
         if self._tag_watch is not None:
             await cancel_and_wait(self._tag_watch)
             self._tag_watch = None
-        await self.containers.close()
+        if self._containers is not None:
+            await self._containers.close()

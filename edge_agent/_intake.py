@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pydantic import ValidationError
 
 from edge_agent._config import DEFAULT_DENIED_ENV
@@ -99,7 +98,7 @@ CHECKED_KEPT = 64  # a handful of live documents per fleet; forged floods only c
 
 
 def _key_set(trusted: Sequence[Ed25519PublicKey]) -> frozenset[bytes]:
-    return frozenset(k.public_bytes(Encoding.Raw, PublicFormat.Raw) for k in trusted)
+    return frozenset(k.public_bytes_raw() for k in trusted)
 
 
 class Intake:

@@ -10,14 +10,15 @@ layout; `model_dir_for` says where `AZUREML_MODEL_DIR` points) and `code/`.
 Both ends use this module, so the builder and the readers (`modules.unpack` on a workstation,
 the agent's artifact store on a device) cannot drift apart on a media type, a file title or
 which archive errors mean "this artifact is broken".
+
+`tarfile` and `gzip` are imported by the two functions that read or write a code layer: an
+agent needs them only while it unpacks a module, not while it idles.
 """
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
-import tarfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ DIGEST_PATTERN = r"^sha256:[a-f0-9]{64}$"
 class Descriptor(BaseModel):
     """One manifest entry. The digest pattern matters: its hex becomes a file name on devices."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(defer_build=True, extra="ignore", populate_by_name=True)
 
     media_type: str = Field(alias="mediaType")
     digest: str = Field(pattern=DIGEST_PATTERN)
@@ -58,7 +59,7 @@ class Descriptor(BaseModel):
 class ModuleManifest(BaseModel):
     """A module artifact's image manifest, as far as a reader needs it."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(defer_build=True, extra="ignore")
 
     config: Descriptor
     layers: list[Descriptor] = Field(default_factory=list)
@@ -163,6 +164,8 @@ def extract_code(archive: Path, target: Path) -> None:
     `TarError`, an `OSError` (gzip's `BadGzipFile`) or an `EOFError` (a gzip stream cut short);
     all of them mean the artifact is unusable, so all of them become `InvalidPackageError`.
     """
+    import tarfile
+
     target.mkdir(parents=True, exist_ok=True)
     try:
         with tarfile.open(archive, "r:gz") as tar:
@@ -196,6 +199,9 @@ def code_archive(files: Iterable[CodeFile]) -> bytes:
     Entries keep the given order, with zeroed times and owners, and the gzip header carries no
     time; that is what lets an unchanged entry script re-use the layer a device already has.
     """
+    import gzip
+    import tarfile
+
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for file in files:

@@ -110,7 +110,7 @@ class MethodRequest(BaseModel):
     fleet, device and method, the request id (the last topic level, which also names the fixed
     response topic) and an expiry. A replayed id or an expired request is refused."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     fleet: str
     device: str
@@ -156,5 +156,7 @@ def verify_method_request(
 
 
 class MethodResponse(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     status: int  # HTTP-like: 200 ok, 400 bad request, 404 unknown method/module, 500 failure
     payload: Any = None

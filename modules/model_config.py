@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import PurePosixPath
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from modules.onnx_signature import OnnxSignature
 
@@ -14,6 +14,8 @@ MODEL_REPOSITORY_PREFIX = "models/"
 
 class ModelFile(BaseModel):
     """One file of a model, stored as one layer so unchanged files are never sent twice."""
+
+    model_config = ConfigDict(defer_build=True)
 
     path: str = Field(description="Path relative to the model's folder, POSIX separators")
     digest: str
@@ -27,6 +29,8 @@ class ModelFile(BaseModel):
 
 
 class ModelConfig(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     schema_version: str = "1"
     name: str
     version: int

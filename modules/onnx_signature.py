@@ -7,18 +7,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from modules._errors import InvalidModelError
 
 
 class TensorSpec(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     name: str
     dtype: str  # numpy-style name: float32, int64, string, ...
     shape: list[int | str | None]  # int = fixed, str = symbolic (e.g. "batch"), None = unknown
 
 
 class OnnxSignature(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     opsets: dict[str, int]  # domain ("" is the default ai.onnx domain) -> version

@@ -16,19 +16,20 @@ import os
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 
+from modules import _pem
 from modules._errors import ConfigError, ModelfleetError
 from modules.deployment import Signature, signing_payload, verify_document
 from modules.signing import public_key_id
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 ALG = "x25519-hkdf-sha256-chacha20poly1305"
 
@@ -38,7 +39,7 @@ class SealedKeysError(ModelfleetError):
 
 
 class SealedBox(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     alg: Literal["x25519-hkdf-sha256-chacha20poly1305"] = ALG
     ephemeral: str
@@ -49,7 +50,7 @@ class SealedBox(BaseModel):
 class ServiceKeysDocument(BaseModel):
     """Wire form on `devices/<id>/keys/<deployment>` (retained)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", populate_by_name=True)
 
     fleet: str
     name: str = Field(description="The deployment the keys open")
@@ -61,6 +62,8 @@ class ServiceKeysDocument(BaseModel):
 
 
 class ServiceKeys(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     primary: SecretStr
     secondary: SecretStr
 
@@ -85,19 +88,27 @@ def _unb64(text: str) -> bytes:
 
 
 def load_or_create_device_key(path: Path) -> X25519PrivateKey:
-    """The device's sealing key; created once with owner-only permissions and never replaced."""
+    """The device's sealing key; created once with owner-only permissions and never replaced.
+
+    Read and written in its one PKCS#8 form without cryptography's `serialization` package (see
+    `modules._pem`); a file in any other form is left to that package to read or refuse."""
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        data = path.read_bytes()
     except FileNotFoundError:
         key = X25519PrivateKey.generate()
-        pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        pem = _pem.encode(key.private_bytes_raw(), _pem.PRIVATE_KEY, _pem.X25519_PRIVATE_PREFIX)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(pem)
         return key
+    raw = _pem.raw_key(data, _pem.PRIVATE_KEY, _pem.X25519_PRIVATE_PREFIX)
+    if raw is not None:
+        return X25519PrivateKey.from_private_bytes(raw)
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"device key {path} is unreadable: {exc}") from None
     if not isinstance(key, X25519PrivateKey):
@@ -106,8 +117,7 @@ def load_or_create_device_key(path: Path) -> X25519PrivateKey:
 
 
 def device_public_key(key: X25519PrivateKey) -> str:
-    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return _b64(raw)
+    return _b64(key.public_key().public_bytes_raw())
 
 
 def key_fingerprint(public_key_b64: str) -> str:
@@ -131,6 +141,11 @@ def _context(fleet: str, name: str, device: str, version: int) -> bytes:
 
 
 def _cipher(shared: bytes, context: bytes) -> ChaCha20Poly1305:
+    # imported here: an agent opens or a publisher seals keys now and then, never while idle
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=context).derive(shared)
     return ChaCha20Poly1305(key)
 
@@ -163,11 +178,7 @@ def seal_keys(
         device=device,
         version=version,
         sealed=SealedBox(
-            ephemeral=_b64(
-                ephemeral.public_key().public_bytes(
-                    serialization.Encoding.Raw, serialization.PublicFormat.Raw
-                )
-            ),
+            ephemeral=_b64(ephemeral.public_key().public_bytes_raw()),
             nonce=_b64(nonce),
             ciphertext=_b64(ciphertext),
         ),

@@ -1,4 +1,8 @@
-"""Ed25519 publisher keys: the publisher signs with the private half, agents trust the public one."""
+"""Ed25519 publisher keys: the publisher signs with the private half, agents trust the public one.
+
+cryptography's `serialization` package is imported only by the functions that need more than the
+fixed Ed25519 forms (`modules._pem` says why): an agent reads its trusted keys without it.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,16 @@ import hashlib
 import os
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from modules import _pem
 from modules._errors import ConfigError
 
 
 def generate_signing_key(path: Path) -> Ed25519PrivateKey:
     """Write a new key as unencrypted PKCS#8 PEM, readable by its owner only; never overwrite."""
+    from cryptography.hazmat.primitives import serialization
+
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -32,6 +38,8 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
         raise ConfigError(f"signing key {path} does not exist; run `modelfleet init`") from None
     except OSError as exc:
         raise ConfigError(f"cannot read signing key {path}: {exc.strerror}") from None
+    from cryptography.hazmat.primitives import serialization
+
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
@@ -43,9 +51,7 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
 
 def public_key_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
     public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
-    return public.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    return _pem.encode(public.public_bytes_raw(), _pem.PUBLIC_KEY, _pem.ED25519_PUBLIC_PREFIX).decode()
 
 
 def public_key_id(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
@@ -54,13 +60,17 @@ def public_key_id(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
     Raw bytes rather than PEM, so that the id does not depend on how the key file was encoded.
     """
     public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
+    return hashlib.sha256(public.public_bytes_raw()).hexdigest()[:16]
 
 
 def load_public_key(pem: str | bytes) -> Ed25519PublicKey:
     """Parse a trusted publisher key as configured on an agent (SubjectPublicKeyInfo PEM)."""
     data = pem.encode() if isinstance(pem, str) else pem
+    raw = _pem.raw_key(data, _pem.PUBLIC_KEY, _pem.ED25519_PUBLIC_PREFIX)
+    if raw is not None:
+        return Ed25519PublicKey.from_public_bytes(raw)
+    from cryptography.hazmat.primitives import serialization
+
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from modules.model_config import ModelFile, safe_relative_path
 
@@ -22,6 +22,8 @@ NAME_PATTERN = r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$"
 class ModelRef(BaseModel):
     """A registered model version pinned by manifest digest; files land in `<model_dir>/<name>/`."""
 
+    model_config = ConfigDict(defer_build=True)
+
     name: str
     version: int
     digest: str
@@ -29,23 +31,31 @@ class ModelRef(BaseModel):
 
 
 class Batching(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     max_batch_size: int = Field(8, ge=1, le=4096)
     max_wait_ms: float = Field(2.0, ge=0, le=10_000)
 
 
 class Scoring(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     timeout_ms: int = Field(60_000, ge=1, description="Like Azure ML's scoring_timeout_ms")
     max_request_bytes: int = Field(8 << 20, ge=1)
     batching: Batching | None = None
 
 
 class Resources(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     cpus: float | None = Field(None, gt=0)
     memory_mb: int | None = Field(None, gt=0)
     gpus: int = Field(0, ge=0)
 
 
 class HealthProbe(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     path: str = "/v2/health/ready"
     period_s: float = Field(10.0, gt=0)
     timeout_s: float = Field(2.0, gt=0)
@@ -54,6 +64,8 @@ class HealthProbe(BaseModel):
 
 
 class ModuleSpec(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     schema_version: Literal["1"] = "1"
     name: str = Field(pattern=NAME_PATTERN)
     version: int = Field(ge=1)

@@ -32,7 +32,7 @@ class Backoff(BaseModel):
     that crashes once a week is restarted at once rather than after five minutes.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     base_s: float = Field(1.0, gt=0)
     max_s: float = Field(300.0, gt=0)

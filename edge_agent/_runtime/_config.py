@@ -16,6 +16,13 @@ from modules.spec import ModuleSpec
 _HOST_PROVIDERS = ("cuda", "tensorrt", "openvino", "cpu")
 
 
+def containers_dir(data_dir: Path) -> Path:
+    """Where the Docker runtime keeps its logs and the images it pulled; absent until this agent
+    first runs a container, which is how the executor knows, without the Docker modules, that
+    there is no container of its own to look for."""
+    return data_dir / "runtime" / "containers"
+
+
 class InstanceConfig(BaseModel):
     """One instance of one module version on one internal port.
 
@@ -23,7 +30,7 @@ class InstanceConfig(BaseModel):
     how `adopt()` recognises its own processes after the agent restarts.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     instance_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     module: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

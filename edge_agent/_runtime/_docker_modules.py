@@ -30,7 +30,7 @@ from modules.oci import RegistryClient, RegistryCredentials
 from modules.service_keys import ServiceKeys
 from modules.spec import NAME_PATTERN, ModelRef, ModuleSpec
 
-from ._config import InstanceConfig
+from ._config import InstanceConfig, containers_dir
 from ._docker import (
     LABEL_AGENT,
     LABEL_DEPLOYMENT,
@@ -153,14 +153,14 @@ class ContainerModules:
         # restarted agent still collects them (never an image someone else put on the engine)
         self.images: dict[str, str] = {}
         self.digests: dict[str, str] = {}  # instance id -> the image digest it runs
-        self._pulled_file = config.data_dir / "runtime" / "containers" / "pulled-images.json"
+        self._pulled_file = containers_dir(config.data_dir) / "pulled-images.json"
 
     @property
     def runtime(self) -> ContainerRuntime:
         if self._runtime is None:
             self._runtime = ContainerRuntime(
                 DockerEngine(self.config.docker_host),
-                self.config.data_dir / "runtime" / "containers",
+                containers_dir(self.config.data_dir),
                 self.agent,
             )
         return self._runtime
@@ -186,7 +186,7 @@ class ContainerModules:
         return self.runtime.logs(module, tail)
 
     def has_logs(self, module: str) -> bool:
-        return (self.config.data_dir / "runtime" / "containers" / "logs" / f"{module}.log").exists()
+        return (containers_dir(self.config.data_dir) / "logs" / f"{module}.log").exists()
 
     def log_mark(self, module: str) -> float | None:
         return self.runtime.log_written_at(module)
@@ -406,7 +406,7 @@ class ContainerModules:
 
     async def reap_strays(self, keep: set[str]) -> list[int]:
         """This agent's containers that no record accounts for: stopped and removed."""
-        if not self.used and not (self.config.data_dir / "runtime" / "containers").exists():
+        if not self.used and not containers_dir(self.config.data_dir).exists():
             return []  # never ran a container: the engine need not even be there
         try:
             found = await self.runtime.ours()

@@ -3,6 +3,9 @@
 Clients keep one address while versions change behind it. `switch()` sends new requests to the
 new instance at once; requests already in flight finish on the old one, and `drained()` tells
 when it can be stopped, so an update fails no request.
+
+`aiohttp.web` (about 1.7 MiB resident) is imported when the first proxy starts: an agent that
+runs no module never loads it.
 """
 
 from __future__ import annotations
@@ -11,10 +14,13 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import aiohttp
-from aiohttp import web
 from multidict import CIMultiDictProxy
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger("modelfleet.agent.proxy")
 
@@ -68,6 +74,8 @@ class FrontProxy:
         return self._target
 
     async def start(self) -> None:
+        from aiohttp import web
+
         app = web.Application(client_max_size=_MAX_BODY)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         # Keep-alive to the targets: a fresh connection per request would add a round trip.
@@ -140,6 +148,8 @@ class FrontProxy:
             self._finished(port)
 
     async def _forward(self, request: web.Request, port: int) -> web.StreamResponse:
+        from aiohttp import web  # loaded by start(); a dictionary lookup here
+
         assert self._session is not None
         url = f"http://127.0.0.1:{port}{request.rel_url}"
         headers = _forwardable(request.headers)
@@ -168,4 +178,6 @@ class FrontProxy:
 
 
 def _error(status: int, message: str) -> web.Response:
+    from aiohttp import web
+
     return web.json_response({"message": message}, status=status)

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -23,12 +23,14 @@ from modules.tasks import cancel_and_wait
 from . import _limits as limits
 from ._backoff import RESTARTS_UNHEALTHY, Backoff, RestartPolicy, should_restart
 from ._config import InstanceConfig
-from ._docker import ContainerInstance, ContainerLauncher
 from ._errors import ModuleStartError
 from ._process import Instance, ProcessRuntime
 
-# A process (the process runtime) or a container (the docker runtime): the same supervision.
-AnyInstance = Instance | ContainerInstance
+if TYPE_CHECKING:
+    from ._docker import ContainerInstance, ContainerLauncher
+
+    # A process (the process runtime) or a container (the docker runtime): the same supervision.
+    AnyInstance = Instance | ContainerInstance
 
 log = logging.getLogger("modelfleet.agent.supervisor")
 

@@ -36,7 +36,7 @@ def hub_host(url: str) -> str | None:
 
 
 class IotHubSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     device_id: str
     fleet: str

@@ -26,7 +26,7 @@ DEFAULT_MAX_FAILURE_RATIO = 0.05
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", populate_by_name=True)
 
 
 class Rollout(_Strict):

@@ -19,6 +19,7 @@ merged over a base is `modules/deployment/_layered.py`.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterator, Mapping
@@ -76,7 +77,7 @@ class _Open(BaseModel):
     """Keeps unknown fields, values as given and the input's key order, so IoT Edge manifests
     round-trip exactly, including features we do not model."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True, strict=True)
+    model_config = ConfigDict(defer_build=True, extra="allow", populate_by_name=True, strict=True)
 
     _key_order: tuple[str, ...] = PrivateAttr(default=())
 
@@ -249,8 +250,6 @@ class ModelfleetModule(_ModuleCommon):
 
 
 Module = Annotated[DockerModule | ModelfleetModule, Field(discriminator="type")]
-_MODULE = TypeAdapter(Module)
-_MODULES = TypeAdapter(dict[str, Module])
 
 
 class EdgeAgentDesired(_Open):
@@ -273,8 +272,19 @@ class Route(_Open):
     time_to_live_secs: int | None = Field(None, ge=0, alias="timeToLiveSecs")
 
 
-_ROUTE = TypeAdapter(str | Route)
-_ROUTES = TypeAdapter(dict[str, str | Route])
+# What a twin path's value must be. The adapters are built on first use, like the models
+# (`defer_build`): one built at import would build the module models with it.
+_PATH_TYPES: dict[str, Any] = {
+    "module": Module,
+    "modules": dict[str, Module],
+    "route": str | Route,
+    "routes": dict[str, str | Route],
+}
+
+
+@functools.cache
+def _adapter(kind: str) -> TypeAdapter[Any]:
+    return TypeAdapter(_PATH_TYPES[kind])
 
 
 class StoreAndForward(_Open):
@@ -372,9 +382,9 @@ class EdgeAgentTwin(_TwinSection):
     def _check_path(self, key: str, path: tuple[str, ...], value: Any) -> None:
         try:
             if path[0] in ("modules", "systemModules") and len(path) == 2:
-                _MODULE.validate_python(value, strict=True)
+                _adapter("module").validate_python(value, strict=True)
             elif path[0] in ("modules", "systemModules") and len(path) == 1:
-                _MODULES.validate_python(value, strict=True)
+                _adapter("modules").validate_python(value, strict=True)
             elif path == ("schemaVersion",):
                 _check_schema_version(value, EDGE_AGENT_SCHEMA_VERSIONS, AGENT_TWIN)
         except ValidationError as exc:
@@ -385,9 +395,9 @@ class EdgeAgentTwin(_TwinSection):
         out: dict[str, DockerModule | ModelfleetModule] = {}
         for path, value in self.paths.items():
             if path[0] == "modules" and len(path) == 2:
-                out[path[1]] = _MODULE.validate_python(value, strict=True)
+                out[path[1]] = _adapter("module").validate_python(value, strict=True)
             elif path == ("modules",) and isinstance(value, dict):
-                out.update(_MODULES.validate_python(value, strict=True))
+                out.update(_adapter("modules").validate_python(value, strict=True))
         return out
 
 
@@ -397,9 +407,9 @@ class EdgeHubTwin(_TwinSection):
     def _check_path(self, key: str, path: tuple[str, ...], value: Any) -> None:
         try:
             if path[0] == "routes" and len(path) == 2:
-                _ROUTE.validate_python(value, strict=True)
+                _adapter("route").validate_python(value, strict=True)
             elif path == ("routes",):
-                _ROUTES.validate_python(value, strict=True)
+                _adapter("routes").validate_python(value, strict=True)
             elif path == ("schemaVersion",):
                 _check_schema_version(value, EDGE_HUB_SCHEMA_VERSIONS, HUB_TWIN)
         except ValidationError as exc:

@@ -25,7 +25,7 @@ TombstoneOf = Literal["deployment", "keys"]
 
 
 class Tombstone(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", populate_by_name=True)
 
     kind: Literal["tombstone"] = TOMBSTONE_KIND
     of: TombstoneOf = "deployment"

@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -54,7 +53,7 @@ __all__ = [
 class RegistryLogin(BaseModel):
     """One entry of `registryCredentials`, as IoT Edge spells it."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(defer_build=True, extra="ignore")
 
     address: str
     username: str
@@ -142,9 +141,7 @@ def seal_secrets(
     ciphertext = _cipher(ephemeral.exchange(recipient), context).encrypt(
         nonce, json.dumps(body).encode(), context
     )
-    raw_ephemeral = ephemeral.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
+    raw_ephemeral = ephemeral.public_key().public_bytes_raw()
     doc = ServiceKeysDocument(
         fleet=fleet,
         name=name,

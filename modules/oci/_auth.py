@@ -5,13 +5,15 @@ from __future__ import annotations
 import base64
 import re
 
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, ConfigDict, SecretStr
 
 _PARAM_RE = re.compile(r'(\w+)="([^"]*)"')
 
 
 class RegistryCredentials(BaseModel):
     """Anonymous when empty; a static `token` is sent as `Bearer` without a challenge."""
+
+    model_config = ConfigDict(defer_build=True)
 
     username: str | None = None
     password: SecretStr | None = None
@@ -28,6 +30,8 @@ class RegistryCredentials(BaseModel):
 
 
 class Challenge(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     scheme: str
     params: dict[str, str]
 

@@ -26,14 +26,14 @@ def cpu_count() -> int:
 class BatchingSettings(BaseModel):
     """Dynamic batching: merge concurrent requests into one ONNX Runtime call."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     max_batch_size: int = Field(8, ge=1)
     max_wait_ms: float = Field(2.0, ge=0)
 
 
 class ScoringSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     # What AZUREML_MODEL_DIR points at: the model's files directly inside (one model), or the
     # root of `<name>/<version>/<files>` (several).
