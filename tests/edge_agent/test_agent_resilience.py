@@ -111,6 +111,13 @@ def _status(port: int) -> dict | None:
         return None
 
 
+def _persisted(data_dir: Path, module: str) -> dict | None:
+    try:
+        return json.loads((data_dir / "state.json").read_text())["modules"].get(module)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 async def test_agent_killed_with_sigkill_readopts_its_module_without_a_second_copy(
     tmp_path: Path, distribution: Service, mosquitto: Service
 ) -> None:
@@ -144,7 +151,10 @@ async def test_agent_killed_with_sigkill_readopts_its_module_without_a_second_co
             lambda: module_running(), timeout=90, what="module running under the first agent"
         )
         pid = before["modules"]["scorer"]["pid"]
-        record = json.loads((data_dir / "state.json").read_text())["modules"]["scorer"]
+        # the state file is written a moment after the state is reported (writes are coalesced)
+        record = await wait_for(
+            lambda: _persisted(data_dir, "scorer"), timeout=30, what="the instance record on disk"
+        )
         marker = record["instance_id"]
         assert _scoring_processes(marker) == [pid]
 
