@@ -61,7 +61,7 @@ from edge_agent._planner import (
 from edge_agent._runtime import ProcessRuntime
 from edge_agent._sealed_keys import KeysChanged, KeysCleared, KeysRefused, SealedKeys
 from edge_agent._state import Failure, InstanceRecord, PersistedState, StateFile, StateWriter
-from edge_agent._status_book import StatusBook, judge_deployments, now
+from edge_agent._status_book import Clock, StatusBook, judge_deployments, now
 from edge_agent._status_endpoint import StatusEndpoint
 from edge_agent._store import ArtifactStore
 from modules import ConfigError
@@ -98,10 +98,14 @@ class Agent:
         transport: Transport | None = None,
         registry: RegistryFactory | None = None,
         runtime: ModuleRuntime | None = None,
+        clock: Clock | None = None,
     ) -> None:
         """`transport`: the control plane (default: MQTT to `config.hub`, with a last will);
         `registry`: opens registry sessions for the default runtime; `runtime`: what runs
-        modules (default: supervised processes from the artifact store)."""
+        modules (default: supervised processes from the artifact store); `clock`: the device's
+        time for everything it reports and every expiry and retry it judges (default: the
+        system clock; the simulator gives devices a skewed one)."""
+        self.clock: Clock = clock or now
         self.config = config
         self.topics = FleetTopics(config.fleet)
         self.device_id = config.device_id
@@ -122,7 +126,7 @@ class Agent:
         self.keys = SealedKeys(
             self.device_key, self.intake.trusted, fleet=config.fleet, device_id=self.device_id
         )
-        self.book = StatusBook(self.device_id, config.fleet, config.tags, self._want_report)
+        self.book = StatusBook(self.device_id, config.fleet, config.tags, self._want_report, self.clock)
         if runtime is None:
             store = ArtifactStore(data / "store", reserve_bytes=config.reserve_bytes)
             runtime = Executor(config, store, ProcessRuntime(data / "runtime"), registry)
@@ -140,6 +144,7 @@ class Agent:
             self.intake.trusted,
             on_refused=lambda topic, reason: self.book.refusal(topic, reason),
             on_seen=self._writer.write_now,  # a request id is durable before the request runs
+            clock=self.clock,
         )
         self.heartbeat = Heartbeat(
             self.topics,
@@ -149,6 +154,7 @@ class Agent:
             config.heartbeat_s,
             self.keys.keys_for,
             before_beat=self.collect_reported_properties,
+            clock=self.clock,
         )
         self.status_endpoint = StatusEndpoint(config.effective_status_port, self.reported_state)
         self.keys.restore(self.persisted.sealed_keys, self.persisted.keys_versions)
@@ -282,7 +288,7 @@ class Agent:
         self._tasks.clear()
         await self.runtime.shutdown()
         with contextlib.suppress(TransportError):
-            offline = Presence(device_id=self.device_id, online=False, at=now())
+            offline = Presence(device_id=self.device_id, online=False, at=self.clock())
             await self.transport.publish(
                 self.topics.status(self.device_id), offline.model_dump_json().encode(), retain=True, timeout=2
             )
@@ -305,7 +311,7 @@ class Agent:
     # -- observe ------------------------------------------------------------------------------
 
     async def _on_connect(self) -> None:
-        online = Presence(device_id=self.device_id, online=True, at=now())
+        online = Presence(device_id=self.device_id, online=True, at=self.clock())
         await self.transport.publish(
             self.topics.status(self.device_id), online.model_dump_json().encode(), retain=True
         )
@@ -463,7 +469,7 @@ class Agent:
             for name, rec in self.persisted.modules.items()
             if name not in waiting
         }
-        at = now()
+        at = self.clock()
         failed_before = {
             name: f.fingerprint
             for name, f in self.persisted.failures.items()
@@ -568,7 +574,7 @@ class Agent:
         times = [f.retry_at for f in self.persisted.failures.values() if f.transient and f.retry_at]
         if not times:
             return None
-        return max(0.0, (min(times) - now()).total_seconds())
+        return max(0.0, (min(times) - self.clock()).total_seconds())
 
     def _record_outcome(self, outcome: Outcome) -> None:
         if isinstance(outcome, Applied):
@@ -607,7 +613,7 @@ class Agent:
         retry_at = None
         if outcome.transient:
             delay = min(self.config.retry_max_s, self.config.retry_base_s * 2 ** min(attempts - 1, 30))
-            retry_at = now() + timedelta(seconds=delay)
+            retry_at = self.clock() + timedelta(seconds=delay)
         return Failure(
             fingerprint=outcome.fingerprint,
             reason=outcome.reason,
@@ -631,7 +637,7 @@ class Agent:
             if raw.get("name", slot) not in selected
         }
         states = judge_deployments(
-            selection.applied, selection.deferred, others.values(), owners, failures, retrying
+            selection.applied, selection.deferred, others.values(), owners, failures, retrying, self.clock
         )
         # A document deleted (by a signed tombstone) while this pass ran is judged by the next
         # pass, not resurrected by this one: neither its verdict nor its applied copy stays.

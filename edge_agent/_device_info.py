@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import platform
 import re
 import shutil
@@ -34,8 +35,9 @@ _providers: dict[str, list[str]] = {}
 _probing: dict[tuple[int, str], asyncio.Future[list[str]]] = {}
 # (monotonic time taken, (total, available))
 _memory: tuple[float, tuple[int | None, int | None]] | None = None
-# data folder -> (monotonic time taken, free bytes)
-_disk: dict[Path, tuple[float, int | None]] = {}
+# file system (st_dev) -> (when sampled, free bytes); data folder -> its file system
+_disk: dict[int, tuple[float, int | None]] = {}
+_filesystem: dict[Path, int] = {}
 
 
 @cache
@@ -99,18 +101,26 @@ def _meminfo() -> tuple[int | None, int | None]:
 
 
 def _disk_free(data_dir: Path) -> int | None:
+    """Free bytes where `data_dir` lives, sampled per file system: agents sharing one (a simulated
+    fleet's thousands of data folders) share one `statvfs` per `SAMPLE_S`, not one each."""
     at = time.monotonic()
-    known = _disk.get(data_dir)
+    device = _filesystem.get(data_dir)
+    if device is None:
+        try:
+            device = os.stat(data_dir).st_dev
+        except OSError:
+            return None
+        if len(_filesystem) > 65536:  # folders of agents long gone
+            _filesystem.clear()
+        _filesystem[data_dir] = device
+    known = _disk.get(device)
     if known is not None and at - known[0] < SAMPLE_S:
         return known[1]
     try:
         free: int | None = shutil.disk_usage(data_dir).free
     except OSError:
         free = None
-    if len(_disk) > 4096:  # folders of agents long gone
-        for folder in [f for f, (taken, _) in _disk.items() if at - taken >= SAMPLE_S]:
-            del _disk[folder]
-    _disk[data_dir] = (at, free)
+    _disk[device] = (at, free)
     return free
 
 

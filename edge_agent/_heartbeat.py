@@ -38,6 +38,7 @@ class Heartbeat:
         keys_for: KeysLookup = lambda _deployment: None,
         *,
         before_beat: Callable[[], Awaitable[None]] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         """`before_beat`: more to collect each period (the agent reads modules' reported
         properties); a failure there is logged and the beat goes on."""
@@ -48,6 +49,7 @@ class Heartbeat:
         self.period_s = period_s
         self.keys_for = keys_for
         self.before_beat = before_beat
+        self.clock = clock
 
     async def run(self) -> None:
         session: aiohttp.ClientSession | None = None
@@ -84,7 +86,7 @@ class Heartbeat:
 
     async def beat(self) -> None:
         device_id = self.book.device_id
-        presence = Presence(device_id=device_id, online=True, at=datetime.now(UTC))
+        presence = Presence(device_id=device_id, online=True, at=self.clock())
         with contextlib.suppress(TransportError):
             await self.transport.publish(
                 self.topics.status(device_id),

@@ -17,7 +17,13 @@ from pydantic import ValidationError
 
 from edge_agent._module_runtime import ModuleRuntime
 from modules import ModelfleetError
-from modules.device_state import MethodRequest, MethodResponse, ReportedState, verify_method_request
+from modules.device_state import (
+    METHOD_REQUEST_MAX_TTL_S,
+    MethodRequest,
+    MethodResponse,
+    ReportedState,
+    verify_method_request,
+)
 from modules.safe_json import loads_limited
 from modules.topics import FleetTopics
 from modules.transport import Message, Transport, TransportError
@@ -46,7 +52,9 @@ class DirectMethods:
         trusted: Sequence[Ed25519PublicKey],
         on_refused: Callable[[str, str], None] = lambda _topic, _reason: None,
         on_seen: Callable[[], None] = lambda: None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        """`clock`: the device's time, against which request expiries are judged."""
         self.device_id = device_id
         self.topics = topics
         self.runtime = runtime
@@ -54,12 +62,13 @@ class DirectMethods:
         self.trusted = list(trusted)
         self.on_refused = on_refused
         self.on_seen = on_seen
+        self.clock = clock
         # request id -> its expiry (ISO 8601); the agent's state file owns the mapping
         self.seen: dict[str, str] = {}
 
     def restore(self, seen: dict[str, str]) -> None:
         self.seen = seen
-        self._forget_expired(datetime.now(UTC))
+        self._forget_expired(self.clock())
 
     def _forget_expired(self, now: datetime) -> None:
         for request_id, expiry in list(self.seen.items()):
@@ -82,7 +91,8 @@ class DirectMethods:
 
     def check(self, message: Message, method: str, request_id: str) -> MethodResponse | None:
         """None when the request may run; otherwise the refusal to answer with."""
-        now = datetime.now(UTC)
+        now = self.clock()
+        wire: Any = None
         try:
             wire = loads_limited(message.payload, max_bytes=MAX_REQUEST_BYTES)
             if not isinstance(wire, dict):
@@ -97,7 +107,7 @@ class DirectMethods:
                 now=now,
             )
         except (ModelfleetError, ValueError) as exc:
-            reason = f"refused method request {request_id!r}: {_reason(exc)}"
+            reason = f"refused method request {request_id!r}: {_reason(exc)}{_clock_hint(wire, now)}"
             self.on_refused(message.topic, reason)
             return MethodResponse(status=403, payload={"error": reason})
         self._forget_expired(now)
@@ -111,7 +121,7 @@ class DirectMethods:
 
     async def call(self, method: str, payload: dict[str, Any]) -> MethodResponse:
         if method == "ping":
-            at = datetime.now(UTC).isoformat()
+            at = self.clock().isoformat()
             return MethodResponse(status=200, payload={"pong": True, "deviceId": self.device_id, "at": at})
         if method == "getState":
             return MethodResponse(status=200, payload=json.loads(self.reported_state().model_dump_json()))
@@ -132,6 +142,25 @@ class DirectMethods:
         except ModelfleetError as exc:
             return MethodResponse(status=500, payload={"error": str(exc)})
         return MethodResponse(status=200, payload={"module": module, "restarted": True})
+
+
+def _clock_hint(wire: Any, now: datetime) -> str:
+    """Why a request signed moments ago can look expired (or valid for too long) here: the device's
+    clock is off by more than the request's lifetime. Said in the refusal, since the publisher only
+    sees a 403 and the remedy (time sync on the device) is nowhere near the signature."""
+    try:
+        expires = datetime.fromisoformat(wire["expires_at"])
+        if expires.tzinfo is None:
+            return ""
+    except (TypeError, KeyError, ValueError):
+        return ""
+    if expires > now and (expires - now).total_seconds() <= METHOD_REQUEST_MAX_TTL_S:
+        return ""
+    return (
+        f" (this device's clock reads {now.isoformat(timespec='seconds')}: a request is accepted only "
+        f"while the device's time is before its expiry and at most {METHOD_REQUEST_MAX_TTL_S} s "
+        "before it, so a clock off by more than that needs fixing; check the device's time sync)"
+    )
 
 
 def _reason(exc: Exception) -> str:

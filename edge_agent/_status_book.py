@@ -21,14 +21,26 @@ REFUSALS_KEPT = 20
 PROGRESS_PERIOD_S = 1.0
 
 
+Clock = Callable[[], datetime]
+"""What tells the agent the time (aware, UTC). A device's own clock, which may be off: every time
+the agent reports and every expiry it judges comes from one clock, so its reports are consistent
+with each other however far that clock is from the publisher's."""
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 
 
 class StatusBook:
     def __init__(
-        self, device_id: str, fleet: str, tags: Mapping[str, Any], on_change: Callable[[], None]
+        self,
+        device_id: str,
+        fleet: str,
+        tags: Mapping[str, Any],
+        on_change: Callable[[], None],
+        clock: Clock = now,
     ) -> None:
+        self.clock = clock
         self.device_id = device_id
         self.fleet = fleet
         self.tags = dict(tags)
@@ -122,7 +134,7 @@ class StatusBook:
 
     def deployments_applying(self, refs: Iterable[DeploymentRef]) -> None:
         """Work on these deployments has started: until it ends they are not what runs."""
-        at = now()
+        at = self.clock()
         for ref in refs:
             current = self.deployments.get(ref.name)
             if current is None or current.version != ref.version or current.outcome != "applying":
@@ -151,12 +163,14 @@ class StatusBook:
         self, topic: str, reason: str, deployment: str | None = None, version: int | None = None
     ) -> None:
         self.refused.appendleft(
-            Refusal(topic=topic, deployment=deployment, version=version, reason=reason, at=now())
+            Refusal(topic=topic, deployment=deployment, version=version, reason=reason, at=self.clock())
         )
         self._on_change()
 
     def deployment_removed(self, name: str, version: int) -> None:
-        self.deployments[name] = DeploymentState(name=name, version=version, outcome="removed", at=now())
+        self.deployments[name] = DeploymentState(
+            name=name, version=version, outcome="removed", at=self.clock()
+        )
         self._on_change()
 
     def deployments_judged(self, states: Iterable[DeploymentState]) -> None:
@@ -172,7 +186,7 @@ class StatusBook:
             device_id=self.device_id,
             fleet=self.fleet,
             seq=self.seq,
-            at=now(),
+            at=self.clock(),
             tags=self.tags,
             device=device,
             deployments=dict(self.deployments),
@@ -183,7 +197,7 @@ class StatusBook:
     def telemetry(self) -> dict[str, Any]:
         return {
             "device_id": self.device_id,
-            "at": now().isoformat(),
+            "at": self.clock().isoformat(),
             "modules": {
                 name: {
                     "status": m.status,
@@ -203,6 +217,7 @@ def judge_deployments(
     owners: Mapping[str, str],
     failures: Mapping[str, str],
     retrying: Mapping[str, str] | None = None,
+    clock: Clock = now,
 ) -> list[DeploymentState]:
     """Each deployment's outcome on this device. `applied` are the selected documents, `deferred`
     the newer versions this device is not in the rollout step of yet, `others` (name, version) of
@@ -210,7 +225,7 @@ def judge_deployments(
     deployment, `failures` module name -> why it is not applied, `retrying` module name -> why it is
     not applied yet (a transient failure, retried by itself): such a deployment is still applying."""
     retrying = retrying or {}
-    at = now()
+    at = clock()
     states: list[DeploymentState] = []
     judged: set[str] = set()
     for doc in applied:

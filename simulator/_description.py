@@ -13,7 +13,8 @@ it rehearses rather than retyping as flags. YAML or JSON, validated with pydanti
     profiles:
       - {name: jetson, share: 30, providers: [CUDAExecutionProvider, CPUExecutionProvider],
          bandwidth_mbps: 50, disk_free_mb: 4000}
-      - {name: pi, share: 70, bandwidth_mbps: 8, disk_free_mb: 500, module_mb: 40}
+      - {name: pi, share: 70, bandwidth_mbps: 8, disk_free_mb: 500, module_mb: 40,
+         requests_per_s: 5, crash_after_requests: {iris-svc: 100}, clock_offset_s: -600}
 
 Profiles are dealt by their shares, exactly and spread evenly over the indexes (as tag shares are),
 so any slice of the fleet (a rollout step) has about the same mix.
@@ -45,6 +46,14 @@ class HardwareProfile(BaseModel):
     disk_free_mb: float | None = Field(None, ge=0, description="None: the disk never fills")
     module_mb: float = Field(20.0, gt=0, description="what one module version weighs")
     start_delay_s: float = Field(0.0, ge=0, description="start-up after the download")
+    ready_timeout_s: float = Field(2.0, gt=0, description="how long a start waits for readiness")
+    requests_per_s: float = Field(0.0, ge=0, description="traffic each running module serves")
+    never_ready: list[str] = Field(default_factory=list, description="modules that never become ready")
+    crash_after_requests: dict[str, int] = Field(
+        default_factory=dict, description="module -> the request each of its instances crashes on"
+    )
+    clock_offset_s: float = Field(0.0, description="how far the device's clock is off (+ ahead)")
+    real: bool = Field(False, description="run the real runtime: registry pulls, processes, inference")
 
     def runtime_settings(self) -> dict[str, Any]:
         """Keyword arguments of `SimulatedRuntime`."""
@@ -54,6 +63,10 @@ class HardwareProfile(BaseModel):
             "disk_free_bytes": None if self.disk_free_mb is None else int(self.disk_free_mb * 2**20),
             "module_bytes": int(self.module_mb * 2**20),
             "start_delay_s": self.start_delay_s,
+            "ready_timeout_s": self.ready_timeout_s,
+            "requests_per_s": self.requests_per_s,
+            "never_ready": tuple(self.never_ready),
+            "crash_after": dict(self.crash_after_requests),
         }
 
 

@@ -22,8 +22,9 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -94,19 +95,50 @@ class SimulatedDevice:
         fleet: Fleet,
         index: int,
         config: AgentConfig,
-        runtime: SimulatedRuntime,
+        runtime: SimulatedRuntime | None,
         profile: HardwareProfile | None = None,
+        clock_offset_s: float = 0.0,
     ) -> None:
+        """`runtime` None: a real device (the agent's default runtime: registry pulls, module
+        processes, real inference)."""
         self.fleet = fleet
+        # how far this device's clock is off (+ ahead); its agent and runtime read `clock`
+        self.clock_offset_s = clock_offset_s
         self.index = index
         self.device_id = config.device_id
         self.config = config
         self.runtime = runtime
         self.profile = profile
         self.agent: Agent | None = None
+        self.real = runtime is None
+        if runtime is not None:
+            runtime.clock = self.clock
+
+    def clock(self) -> datetime:
+        """The device's time: the real time plus its offset, as a device whose clock drifted or
+        was never synchronised. Every time its agent reports and judges comes from here."""
+        return datetime.now(UTC) + timedelta(seconds=self.clock_offset_s)
+
+    def _sim(self) -> SimulatedRuntime:
+        if self.runtime is None:
+            raise SimulatorError(
+                f"{self.device_id} is a real device: module and download faults are the simulated "
+                "runtime's (offline, restart-agent and skew-clock work on it)"
+            )
+        return self.runtime
+
+    def port(self, module_port: int) -> int:
+        """Where a module deployed on `module_port` listens on this device (its `port_base`
+        added: what a client of a real device calls)."""
+        return self.config.module_port(module_port)
+
+    def skew_clock(self, offset_s: float) -> None:
+        """From now on the device's clock is `offset_s` seconds off (0: right again)."""
+        self.clock_offset_s = offset_s
 
     def __repr__(self) -> str:
-        return f"<SimulatedDevice {self.device_id} {'online' if self.online else 'offline'}>"
+        kind = "real " if self.real else ""
+        return f"<SimulatedDevice {kind}{self.device_id} {'online' if self.online else 'offline'}>"
 
     @property
     def tags(self) -> dict[str, Any]:
@@ -134,34 +166,44 @@ class SimulatedDevice:
         self.fleet._restore(self)
 
     def fail_next_start(self, module: str, reason: str = "init() raised RuntimeError (simulated)") -> None:
-        self.runtime.fail_next_start(module, reason)
+        self._sim().fail_next_start(module, reason)
 
     def fail_every_start(self, module: str, reason: str = "init() raised RuntimeError (simulated)") -> None:
-        self.runtime.fail_every_start(module, reason)
+        self._sim().fail_every_start(module, reason)
 
     def crash(self, module: str, exit_code: int = 1) -> None:
-        self.runtime.crash(module, exit_code)
+        self._sim().crash(module, exit_code)
 
     def make_unhealthy(self, module: str) -> None:
-        self.runtime.make_unhealthy(module)
+        self._sim().make_unhealthy(module)
 
     def heal(self, module: str | None = None) -> None:
-        self.runtime.heal(module)
+        self._sim().heal(module)
+
+    def never_ready(self, module: str) -> None:
+        self._sim().never_ready(module)
+
+    def crash_after(self, module: str, requests: int) -> None:
+        self._sim().crash_after(module, requests)
+
+    def serve(self, module: str, count: int = 1) -> int:
+        """`count` requests to the module; how many were answered (see `SimulatedRuntime.serve`)."""
+        return self._sim().serve(module, count)
 
     def slow_downloads(self, factor: float) -> None:
-        self.runtime.slow_downloads(factor)
+        self._sim().slow_downloads(factor)
 
     def cut_downloads(self, at_fraction: float = 0.5, *, every: bool = False) -> None:
-        self.runtime.cut_downloads(at_fraction, every=every)
+        self._sim().cut_downloads(at_fraction, every=every)
 
     def corrupt_downloads(self, *, every: bool = False) -> None:
-        self.runtime.corrupt_downloads(every=every)
+        self._sim().corrupt_downloads(every=every)
 
     def fill_disk(self) -> None:
-        self.runtime.fill_disk()
+        self._sim().fill_disk()
 
     def free_disk(self, free_bytes: int | None = None) -> None:
-        self.runtime.free_disk(free_bytes)
+        self._sim().free_disk(free_bytes)
 
     async def restart_agent(self) -> None:
         """Stop the agent cleanly and start a new one on the same data folder, as a reboot does."""
@@ -188,7 +230,11 @@ class Fleet:
     a real broker; off costs nothing and is what a benchmark wants). `agent_settings`: further
     `AgentConfig` fields for every device (MQTT credentials, retry timings, ...). `prepare`:
     called with each new device before its agent starts (faults that must hold from the first
-    document on).
+    document on). `restart_broker`: what restarts a real broker (sync or async), for
+    `restart_broker()` and the scenario step. `clock_offsets`: device index -> seconds its clock
+    is off (over a profile's `clock_offset_s`). `real`: how many devices (the first ones), or a
+    function of the index choosing them, run the agent's real runtime, with `real_settings`
+    (`registry`, `port_base`, `port_step`, other `AgentConfig` fields).
     """
 
     def __init__(
@@ -211,6 +257,10 @@ class Fleet:
         prepare: Callable[[SimulatedDevice], None] | None = None,
         profiles: Callable[[int], HardwareProfile] | None = None,
         key: Ed25519PrivateKey | None = None,
+        restart_broker: Callable[[], Awaitable[None] | None] | None = None,
+        clock_offsets: Callable[[int], float] | None = None,
+        real: int | Callable[[int], bool] = 0,
+        real_settings: Mapping[str, Any] | None = None,
     ) -> None:
         if size < 0:
             raise ConfigError("a fleet has 0 or more devices")
@@ -236,6 +286,13 @@ class Fleet:
         self.prepare = prepare
         self.profiles = profiles
         self.key = key  # what `deploy` signs with when given no key
+        self._restart_broker_hook = restart_broker
+        self.clock_offsets = clock_offsets
+        self.real = real
+        self.real_settings = dict(real_settings or {})
+        self._real_count = 0
+        if (real if isinstance(real, int) else 0) < 0:
+            raise ConfigError("real: a number of devices (0 or more) or a function of the device index")
         self.broker: MemoryBroker | None = (broker or MemoryBroker()) if self.memory else None
         self._own_root = root is None
         self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="modelfleet-sim-"))
@@ -349,11 +406,41 @@ class Fleet:
         except ValueError as exc:
             raise ConfigError(f"device {device_id!r}: {exc}") from None
         profile = self.profiles(index) if self.profiles is not None else None
-        if profile is not None:
+        runtime: SimulatedRuntime | None
+        if self._is_real(index, profile):
+            runtime = None
+            config = self._real_config(config)
+        elif profile is not None:
             runtime = SimulatedRuntime(**profile.runtime_settings())
         else:
             runtime = SimulatedRuntime(providers=self.providers, start_delay_s=self.start_delay_s)
-        return SimulatedDevice(self, index, config, runtime, profile)
+        offset = profile.clock_offset_s if profile is not None else 0.0
+        if self.clock_offsets is not None:
+            offset = self.clock_offsets(index)
+        return SimulatedDevice(self, index, config, runtime, profile, offset)
+
+    def _is_real(self, index: int, profile: HardwareProfile | None) -> bool:
+        if profile is not None and profile.real:
+            return True
+        return self.real(index) if callable(self.real) else index < self.real
+
+    def _real_config(self, config: AgentConfig) -> AgentConfig:
+        """A real device's settings: the registry and ports from `real_settings`, each real
+        device's module ports shifted by its own `port_base` (they share one host), and module
+        ports on loopback unless said otherwise."""
+        settings = {"listen_host": "127.0.0.1", **self.real_settings}
+        base = int(settings.pop("port_base", 20000))
+        step = int(settings.pop("port_step", 100))
+        unknown = set(settings) - set(AgentConfig.model_fields)
+        if unknown:
+            raise ConfigError(f"real_settings: not agent settings: {', '.join(sorted(unknown))}")
+        settings["port_base"] = base + self._real_count * step
+        self._real_count += 1
+        return config.model_copy(update=settings)
+
+    @property
+    def real_devices(self) -> list[SimulatedDevice]:
+        return [d for d in self.devices if d.real]
 
     async def _start_agent(self, device: SimulatedDevice) -> None:
         transport: Transport | None = None
@@ -366,7 +453,7 @@ class Fleet:
         elif self._relay is not None:
             url = await self._relay.open(device.device_id)
             device.config = device.config.model_copy(update={"hub": url})
-        agent = Agent(device.config, transport=transport, runtime=device.runtime)
+        agent = Agent(device.config, transport=transport, runtime=device.runtime, clock=device.clock)
         await agent.start()
         device.agent = agent
 
@@ -475,6 +562,40 @@ class Fleet:
             self._relay.cut_all()
         else:
             raise SimulatorError("broker_down against a real broker needs the fleet's links (links=True)")
+
+    async def restart_broker(self, down_s: float = 0.0) -> None:
+        """The broker process restarts: every client loses its connection, and what the broker
+        kept (retained deployments, reports, presence) is gone unless it persists it. In memory
+        the fleet does it itself; against a real broker it calls the `restart_broker` hook given
+        to `Fleet(...)` (the test's own Mosquitto, a service manager...). The fleet's view of the
+        control plane is forgotten too and rebuilt from what the broker carries afterwards, so
+        waiting helpers judge the restarted broker, not the memory of the old one."""
+        if self.broker is not None:
+            self.broker.go_down(forget_retained=True)
+            await asyncio.sleep(down_s)
+            self.broker.come_up()
+        elif self._restart_broker_hook is not None:
+            outcome = self._restart_broker_hook()
+            if outcome is not None:
+                await outcome
+        else:
+            raise SimulatorError(
+                "restarting a real broker needs a hook: Fleet(..., restart_broker=async_function), "
+                "or `sim run --broker-restart-command CMD`"
+            )
+        self._raw_reports.clear()
+        self._reports.clear()
+        self._presence.clear()
+        self._changed.set()
+
+    async def reported_again(self, timeout: float | None = None) -> None:
+        """Until the broker holds a report of every online device (after a restart that lost them)."""
+        online = [d for d in self.devices if d.online]
+        await self.wait_for(
+            lambda: all(d.device_id in self._raw_reports for d in online),
+            timeout=self.connect_timeout_s if timeout is None else timeout,
+            what="a report from every online device",
+        )
 
     def broker_up(self) -> None:
         if self.broker is not None:
@@ -612,6 +733,10 @@ class Fleet:
             return None
         self._reports[device_id] = report
         return report
+
+    def raw_report(self, device_id: str) -> bytes | None:
+        """The device's last report as the broker carried it (the same object until a new one)."""
+        return self._raw_reports.get(device_id)
 
     def presence(self, device_id: str) -> bool | None:
         """Online according to the broker (the device's status topic, last will included)."""

@@ -11,6 +11,8 @@ point, and may undo it after a while:
       - {when: {healthy: 50}, do: offline, where: {site: b}, for: 20}
       - {at: 5, do: corrupt-download, share: 10}
       - {at: 8, do: fill-disk, devices: [sim-0003]}
+      - {at: 0, do: never-ready, module: iris-svc, share: 5}
+      - {at: 0, do: crash-after, module: iris-svc, requests: 100, where: {site: c}}
 
 `when` waits for a share (percent of the targeted devices) of the recorded deployment to be in a
 state (`healthy`, `failed`, `applying`, `downloading`...), as the fleet's timeline sees it.
@@ -37,6 +39,9 @@ Action = Literal[
     "fail-start",
     "fail-next-start",
     "crash",
+    "crash-after",
+    "never-ready",
+    "serve",
     "unhealthy",
     "heal",
     "slow-download",
@@ -47,8 +52,12 @@ Action = Literal[
     "restart-agent",
     "broker-down",
     "broker-up",
+    "restart-broker",
+    "skew-clock",
 ]
-_NEEDS_MODULE = {"fail-start", "fail-next-start", "crash", "unhealthy"}
+_NEEDS_MODULE = {"fail-start", "fail-next-start", "crash", "crash-after", "never-ready", "serve", "unhealthy"}
+_ANY_DEVICE = {"offline", "online", "skew-clock"}  # what a real device undergoes too
+_RESET = {"slow-download": {"factor": 1.0}, "skew-clock": {"seconds": 0.0}}  # undone by a neutral value
 _UNDO: dict[str, str] = {"offline": "online", "fill-disk": "free-disk", "broker-down": "broker-up"}
 
 
@@ -65,6 +74,8 @@ class Step(BaseModel):
     factor: float = Field(0.1, gt=0, description="slow-download: the bandwidth multiplier")
     fraction: float = Field(0.5, ge=0, lt=1, description="cut-download: after this share of the bytes")
     every: bool = Field(False, description="download faults: every download, not only the next")
+    seconds: float = Field(0.0, description="skew-clock: how far the clock is off (+ ahead, 0: right)")
+    requests: int = Field(1, ge=1, description="crash-after: the request it crashes on; serve: how many")
     reason: str = "init() raised RuntimeError (simulated)"
     duration: float | None = Field(None, gt=0, alias="for", description="undo after this many seconds")
 
@@ -78,8 +89,10 @@ class Step(BaseModel):
                 raise ValueError(f"when: one of {', '.join(STATES)} with a percentage, got {self.when}")
         if self.do in _NEEDS_MODULE and not self.module:
             raise ValueError(f"{self.do} needs a module")
-        if self.duration is not None and self.do not in _UNDO and self.do != "slow-download":
-            raise ValueError(f"{self.do} cannot be undone after a while ('for' is for {', '.join(_UNDO)})")
+        if self.duration is not None and self.do not in _UNDO and self.do not in _RESET:
+            raise ValueError(
+                f"{self.do} cannot be undone after a while ('for' is for {', '.join([*_UNDO, *_RESET])})"
+            )
         return self
 
     def describe(self) -> str:
@@ -167,6 +180,9 @@ async def apply(fleet: Any, step: Step) -> int:
     if step.do == "broker-up":
         fleet.broker_up()
         return len(fleet.devices)
+    if step.do == "restart-broker":
+        await fleet.restart_broker()
+        return len(fleet.devices)
     devices = chosen(fleet, step)
     module = step.module or ""
     actions: dict[str, Callable[[Any], Any]] = {
@@ -175,12 +191,16 @@ async def apply(fleet: Any, step: Step) -> int:
         "fail-start": lambda d: d.fail_every_start(module, step.reason),
         "fail-next-start": lambda d: d.fail_next_start(module, step.reason),
         "crash": lambda d: d.crash(module),
+        "crash-after": lambda d: d.crash_after(module, step.requests),
+        "never-ready": lambda d: d.never_ready(module),
+        "serve": lambda d: d.serve(module, step.requests),
         "unhealthy": lambda d: d.make_unhealthy(module),
         "heal": lambda d: d.heal(step.module),
         "slow-download": lambda d: d.slow_downloads(step.factor),
         "cut-download": lambda d: d.cut_downloads(step.fraction, every=step.every),
         "corrupt-download": lambda d: d.corrupt_downloads(every=step.every),
         "fill-disk": lambda d: d.fill_disk(),
+        "skew-clock": lambda d: d.skew_clock(step.seconds),
         "free-disk": lambda d: d.free_disk(
             d.profile.runtime_settings()["disk_free_bytes"] if d.profile else None
         ),
@@ -188,12 +208,14 @@ async def apply(fleet: Any, step: Step) -> int:
     if step.do == "restart-agent":
         await asyncio.gather(*(d.restart_agent() for d in devices))
         return len(devices)
+    if step.do not in _ANY_DEVICE:  # faults of the simulated runtime: real devices are left alone
+        devices = [d for d in devices if not getattr(d, "real", False)]
     act = actions[step.do]
     for device in devices:
         try:
             act(device)
         except Exception as exc:  # a module that does not run there: that device is skipped
-            if step.do in ("crash", "unhealthy"):
+            if step.do in ("crash", "unhealthy", "serve"):
                 continue
             raise ConfigError(f"{step.describe()} on {device.device_id}: {exc}") from None
     return len(devices)
@@ -207,8 +229,8 @@ def _disk_of(device: Any) -> int | None:
 async def _undo_later(fleet: Any, step: Step, timeline: Timeline | None) -> None:
     assert step.duration is not None
     await asyncio.sleep(step.duration)
-    if step.do == "slow-download":
-        undo = step.model_copy(update={"factor": 1.0, "duration": None})
+    if step.do in _RESET:
+        undo = step.model_copy(update={**_RESET[step.do], "duration": None})
     else:
         undo = step.model_copy(update={"do": _UNDO[step.do], "duration": None})
     touched = await apply(fleet, undo)

@@ -181,3 +181,39 @@ def test_sim_run_warns_past_the_embedded_hubs_limit_and_simulate_is_the_same_com
     within = run("simulate", "--devices", "3")
     assert within.returncode == 0, within.stderr
     assert "warning" not in within.stderr and "simulating 3 devices" in within.stderr
+
+
+def test_real_devices_need_a_registry(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "modules.cli", "sim", "run", "--devices", "3", "--real", "1",
+         "--hub", "mqtt://127.0.0.1:1", "--trust", str(trust_file(tmp_path))],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "modelfleet: error: --real needs --registry URL (where the real devices pull modules from)"
+    ]
+
+
+@pytest.mark.services
+def test_a_restart_broker_step_runs_the_broker_restart_command(tmp_path: Path, mosquitto: Service) -> None:
+    marker = tmp_path / "restarted"
+    proc = subprocess.run(
+        [sys.executable, "-m", "modules.cli", "sim", "run", "--devices", "2", "--hub", mosquitto.url,
+         "--fleet", f"simrb{os.urandom(3).hex()}", "--trust", str(trust_file(tmp_path)),
+         "--fault", "do=restart-broker,at=0", "--broker-restart-command", f"touch {marker}",
+         "--duration", "1"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert marker.exists()
+    assert "restart-broker (2 devices)" in proc.stderr
+    # without the command, the step says what it needs
+    proc = subprocess.run(
+        [sys.executable, "-m", "modules.cli", "sim", "run", "--devices", "2", "--hub", mosquitto.url,
+         "--fleet", f"simrb{os.urandom(3).hex()}", "--trust", str(trust_file(tmp_path)),
+         "--fault", "do=restart-broker,at=0", "--duration", "1"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "restarting a real broker needs a hook" in proc.stderr
