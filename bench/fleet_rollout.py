@@ -16,7 +16,8 @@ start and run theirs, so 10,000 devices need 10,000 sockets at a time, not 20,00
 
 Printed per N: each run and the medians, the ratio, the fleet's start time, peak RSS of the
 process (total, and per device above what it held before the agents started), CPU seconds per
-agents' round and for the whole agents' phase, and the longest the event loop was held.
+agents' round and for the whole agents' phase, the longest the event loop was held, and what
+`modelfleet status --json` (run as a separate process against the live fleet) lists.
 A broker given with --hub must let a client queue N messages (`max_queued_messages`, docs/hub.md).
 """
 
@@ -263,6 +264,45 @@ async def rounds(
     return times
 
 
+async def status_sees(work: Path, hub: str, fleet: str, size: int, timeout: float) -> dict[str, Any]:
+    """`modelfleet status --json` as a person runs it, in its own process, against the live fleet:
+    how many of the devices it lists, how many with the deployment applied and its module healthy,
+    how long it took, and whether it said the broker cut what it delivered."""
+    from publisher import Workspace
+
+    ws = Workspace.create(work / "workspace", registry="http://127.0.0.1:9", hub=hub, fleet=fleet)
+    began = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "modules.cli", "status", "--json", "--config", str(ws.config_path),
+        env={**os.environ, "PYTHONPATH": ROOT},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    took = time.perf_counter() - began
+    if proc.returncode != 0:
+        raise SystemExit(f"modelfleet status failed ({proc.returncode}): {err.decode()[-2000:]}")
+    status = json.loads(out)
+    healthy = 0
+    for device in status["devices"]:
+        applied = (device["deployments"].get(DEPLOYMENT) or {}).get("outcome") == "applied"
+        modules = [m for m in device["modules"].values() if m["deployment"] == DEPLOYMENT]
+        # the same judgement as the observer's: running, and not unhealthy
+        if (
+            applied
+            and modules
+            and all(m["status"] == "running" and m["health"] != "unhealthy" for m in modules)
+        ):
+            healthy += 1
+    return {
+        "status_devices": len(status["devices"]),
+        "status_applied_healthy": healthy,
+        "status_s": took,
+        "status_incomplete": status["incomplete"],
+        "expected": size,
+    }
+
+
 async def bench(
     size: int, runs: int, hub: str, timeout: float, profile: bool = False, stall_s: float = 0.0
 ) -> dict[str, Any]:
@@ -335,6 +375,7 @@ async def bench(
                 print("  where the loop was while held (share of samples):", file=sys.stderr)
                 print("\n".join(sampler.report()), file=sys.stderr, flush=True)
             reports_per_device_run = (watch.messages - messages_before) / runs / size
+            seen = await status_sees(work, hub, agents_name, size, timeout)
         finally:
             await fleet.stop()
             await watch.stop()
@@ -362,6 +403,7 @@ async def bench(
         "gc_pauses_s": gc_total,
         "loop_held_during_start_ms": start_lag.worst * 1000,
         "reports_per_device_round": reports_per_device_run,
+        **seen,
     }
 
 
@@ -399,7 +441,14 @@ async def main_async(args: argparse.Namespace) -> int:
                 f"loop held up to {r['loop_held_ms']:.0f} ms during rounds  "
                 f"{r['reports_per_device_round']:.1f} reports per device and round\n"
                 f"          garbage collector: {r['gc_pauses_s']:.2f} s of pauses in the rounds, "
-                f"the longest {r['gc_worst_pause_ms']:.0f} ms",
+                f"the longest {r['gc_worst_pause_ms']:.0f} ms\n"
+                f"          `modelfleet status --json` listed {r['status_devices']} of {size} devices, "
+                f"{r['status_applied_healthy']} applied and healthy, in {r['status_s']:.1f} s"
+                + (
+                    f"; it said the broker cut its delivery: {r['status_incomplete']}"
+                    if r["status_incomplete"]
+                    else ""
+                ),
                 flush=True,
             )
         if args.json:
