@@ -13,10 +13,10 @@ import base64
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -30,6 +30,8 @@ from modules.signing import public_key_id
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+_Opened = TypeVar("_Opened")
 
 ALG = "x25519-hkdf-sha256-chacha20poly1305"
 
@@ -150,8 +152,8 @@ def _cipher(shared: bytes, context: bytes) -> ChaCha20Poly1305:
     return ChaCha20Poly1305(key)
 
 
-def seal_keys(
-    keys: ServiceKeys,
+def seal_plaintext(
+    plaintext: bytes,
     device_public: str,
     *,
     fleet: str,
@@ -160,7 +162,8 @@ def seal_keys(
     version: int,
     signing_key: Ed25519PrivateKey,
 ) -> dict[str, Any]:
-    """The signed wire mapping for one device."""
+    """The signed wire mapping of a box only `device` opens, bound to fleet/name/device/version:
+    the one seal scoring keys and everything sealed beside them (registry credentials) share."""
     try:
         recipient = X25519PublicKey.from_public_bytes(_unb64(device_public))
     except ValueError as exc:
@@ -168,9 +171,6 @@ def seal_keys(
     ephemeral = X25519PrivateKey.generate()
     context = _context(fleet, name, device, version)
     nonce = os.urandom(12)
-    plaintext = json.dumps(
-        {"primary": keys.primary.get_secret_value(), "secondary": keys.secondary.get_secret_value()}
-    ).encode()
     ciphertext = _cipher(ephemeral.exchange(recipient), context).encrypt(nonce, plaintext, context)
     doc = ServiceKeysDocument(
         fleet=fleet,
@@ -192,15 +192,17 @@ def seal_keys(
     return wire
 
 
-def open_keys(
+def open_sealed(
     wire: Mapping[str, Any],
     device_key: X25519PrivateKey,
     trusted: Iterable[Ed25519PublicKey],
+    parse: Callable[[bytes], _Opened],
     *,
     fleet: str,
     device: str,
-) -> tuple[ServiceKeysDocument, ServiceKeys]:
-    """Verify the publisher's signature, then decrypt; any failure is a `SealedKeysError`/trust error."""
+) -> tuple[ServiceKeysDocument, _Opened]:
+    """Verify the publisher's signature, then decrypt and `parse` the plaintext; any failure is a
+    `SealedKeysError`/trust error."""
     verify_document(wire, list(trusted))
     try:
         doc = ServiceKeysDocument.model_validate(wire)
@@ -214,8 +216,45 @@ def open_keys(
         plaintext = _cipher(device_key.exchange(ephemeral), context).decrypt(
             _unb64(doc.sealed.nonce), _unb64(doc.sealed.ciphertext), context
         )
-        return doc, ServiceKeys.model_validate_json(plaintext)
+        return doc, parse(plaintext)
     except (InvalidTag, ValueError) as exc:
         raise SealedKeysError(
             f"keys for {doc.name} cannot be opened by this device ({type(exc).__name__})"
         ) from None
+
+
+def seal_keys(
+    keys: ServiceKeys,
+    device_public: str,
+    *,
+    fleet: str,
+    name: str,
+    device: str,
+    version: int,
+    signing_key: Ed25519PrivateKey,
+) -> dict[str, Any]:
+    """The signed wire mapping for one device."""
+    plaintext = json.dumps(
+        {"primary": keys.primary.get_secret_value(), "secondary": keys.secondary.get_secret_value()}
+    ).encode()
+    return seal_plaintext(
+        plaintext,
+        device_public,
+        fleet=fleet,
+        name=name,
+        device=device,
+        version=version,
+        signing_key=signing_key,
+    )
+
+
+def open_keys(
+    wire: Mapping[str, Any],
+    device_key: X25519PrivateKey,
+    trusted: Iterable[Ed25519PublicKey],
+    *,
+    fleet: str,
+    device: str,
+) -> tuple[ServiceKeysDocument, ServiceKeys]:
+    """Verify the publisher's signature, then decrypt; any failure is a `SealedKeysError`/trust error."""
+    return open_sealed(wire, device_key, trusted, ServiceKeys.model_validate_json, fleet=fleet, device=device)

@@ -15,29 +15,15 @@ the agent keeps them in memory only (the sealed document is what it persists).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from modules.deployment import Signature, signing_payload, verify_document
 from modules.deployment._iotedge import SEALED_PLACEHOLDER
-from modules.service_keys import (
-    SealedBox,
-    SealedKeysError,
-    ServiceKeys,
-    ServiceKeysDocument,
-    _b64,
-    _cipher,
-    _context,
-    _unb64,
-)
-from modules.signing import public_key_id
+from modules.service_keys import ServiceKeys, ServiceKeysDocument, open_sealed, seal_plaintext
 
 __all__ = [
     "SEALED_PLACEHOLDER",
@@ -122,13 +108,6 @@ def seal_secrets(
     signing_key: Ed25519PrivateKey,
 ) -> dict[str, Any]:
     """`modules.service_keys.seal_keys` with the registry credentials in the same sealed box."""
-    try:
-        recipient = X25519PublicKey.from_public_bytes(_unb64(device_public))
-    except ValueError as exc:
-        raise SealedKeysError(f"device {device} reported an invalid public key: {exc}") from None
-    ephemeral = X25519PrivateKey.generate()
-    context = _context(fleet, name, device, version)
-    nonce = os.urandom(12)
     body: dict[str, Any] = {
         "primary": keys.primary.get_secret_value(),
         "secondary": keys.secondary.get_secret_value(),
@@ -138,24 +117,15 @@ def seal_secrets(
             key: {"address": c.address, "username": c.username, "password": c.password.get_secret_value()}
             for key, c in registry.items()
         }
-    ciphertext = _cipher(ephemeral.exchange(recipient), context).encrypt(
-        nonce, json.dumps(body).encode(), context
-    )
-    raw_ephemeral = ephemeral.public_key().public_bytes_raw()
-    doc = ServiceKeysDocument(
+    return seal_plaintext(
+        json.dumps(body).encode(),
+        device_public,
         fleet=fleet,
         name=name,
         device=device,
         version=version,
-        sealed=SealedBox(ephemeral=_b64(raw_ephemeral), nonce=_b64(nonce), ciphertext=_b64(ciphertext)),
-        created_at=datetime.now(UTC).replace(microsecond=0),
+        signing_key=signing_key,
     )
-    wire = doc.model_dump(by_alias=True, exclude_none=True, mode="json")
-    value = _b64(signing_key.sign(signing_payload(wire)))
-    wire["signature"] = Signature(key_id=public_key_id(signing_key), alg="ed25519", value=value).model_dump(
-        by_alias=True, mode="json"
-    )
-    return wire
 
 
 def open_secrets(
@@ -167,21 +137,6 @@ def open_secrets(
     device: str,
 ) -> tuple[ServiceKeysDocument, DeploymentSecrets]:
     """`modules.service_keys.open_keys`, keeping the registry credentials the box may hold."""
-    verify_document(wire, list(trusted))
-    try:
-        doc = ServiceKeysDocument.model_validate(wire)
-    except ValueError as exc:
-        raise SealedKeysError(f"malformed keys document: {str(exc).splitlines()[0]}") from None
-    if doc.fleet != fleet or doc.device != device:
-        raise SealedKeysError(f"keys document is for {doc.fleet}/{doc.device}, not {fleet}/{device}")
-    context = _context(doc.fleet, doc.name, doc.device, doc.version)
-    try:
-        ephemeral = X25519PublicKey.from_public_bytes(_unb64(doc.sealed.ephemeral))
-        plaintext = _cipher(device_key.exchange(ephemeral), context).decrypt(
-            _unb64(doc.sealed.nonce), _unb64(doc.sealed.ciphertext), context
-        )
-        return doc, DeploymentSecrets.model_validate_json(plaintext)
-    except (InvalidTag, ValueError) as exc:
-        raise SealedKeysError(
-            f"keys for {doc.name} cannot be opened by this device ({type(exc).__name__})"
-        ) from None
+    return open_sealed(
+        wire, device_key, trusted, DeploymentSecrets.model_validate_json, fleet=fleet, device=device
+    )
