@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +20,7 @@ from modules.device_state import DeviceInfo, Presence, ReportedState
 from modules.mqtt import MqttSettings, MqttTransport
 from modules.topics import FleetTopics
 from publisher import FleetConnection, Workspace
-from tests._services import Service, _binary, _stop, _wait_for_port, free_port
+from tests._services import Service, free_port, run_mosquitto_config
 from tests.publisher._harness import acli
 
 DEVICES = 300
@@ -30,7 +29,6 @@ QUEUE = 20  # Mosquitto's per-client queue here: a 300-device fleet is 15 times 
 
 @contextlib.contextmanager
 def small_queue_mosquitto(root: Path) -> Iterator[Service]:
-    binary = _binary("mosquitto", "mosquitto")
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = root / "mosquitto.conf"
@@ -38,14 +36,8 @@ def small_queue_mosquitto(root: Path) -> Iterator[Service]:
         f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
         f"max_queued_messages {QUEUE}\nlog_dest stderr\nlog_type error\n"
     )
-    log = root / "mosquitto.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([binary, "-c", str(config)], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        _wait_for_port(port, proc, log)
-        yield Service(f"mqtt://127.0.0.1:{port}", port, root)
-    finally:
-        _stop(proc)
+    with run_mosquitto_config(config, port) as service:
+        yield service
 
 
 @pytest.fixture
