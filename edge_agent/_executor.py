@@ -302,13 +302,17 @@ class Executor:
         self._report(desired, status="starting", version=version)
         python = await self.runtime.ensure_env(stored.spec.requirements)
         supervisor = self._supervisor(desired, config, version, python)
+        await self._start_or_forget(supervisor)
+        return supervisor, config, version
+
+    async def _start_or_forget(self, supervisor: Supervisor) -> None:
+        """Start; a start that fails (or is cancelled) leaves no process and no listener behind."""
         try:
             await supervisor.start()
         except BaseException:
             await supervisor.stop()
             self._emit.pop(id(supervisor), None)
             raise
-        return supervisor, config, version
 
     def _keys(self, desired: DesiredModule) -> Any:
         """The scoring keys a container checks: only when it asks for key auth (a deployment's
@@ -339,12 +343,7 @@ class Executor:
             digest=image.digest,
         )
         supervisor.state = supervisor.state.model_copy(update={"limits": container.limits})
-        try:
-            await supervisor.start()
-        except BaseException:
-            await supervisor.stop()
-            self._emit.pop(id(supervisor), None)
-            raise
+        await self._start_or_forget(supervisor)
         return supervisor, container.config, None
 
     def _auth_for(self, desired: DesiredModule) -> Callable[[str], dict[str, str] | None]:

@@ -375,18 +375,8 @@ class FleetConnection:
     ) -> MethodResponse:
         """A direct method: a signed request on the device's method topic, valid for `timeout`
         seconds; the answer comes on the response topic the protocol fixes for its id."""
-        rid = os.urandom(8).hex()
+        rid, wire = signed_method_request(self.workspace, device_id, method, payload, timeout)
         response_topic = self.topics.method_response(device_id, rid)
-        request = MethodRequest(
-            fleet=self.workspace.fleet,
-            device=device_id,
-            method=method,
-            request_id=rid,
-            # Agents refuse a request valid for longer than METHOD_REQUEST_MAX_TTL_S.
-            expires_at=now() + timedelta(seconds=min(max(timeout, 1.0), METHOD_REQUEST_MAX_TTL_S)),
-            payload=payload or {},
-        )
-        wire = sign_method_request(request, load_signing_key(self.workspace.signing_key_path))
         send = (self.topics.method_request(device_id, method, rid), json.dumps(wire).encode())
         try:
             raw = await self._expect(response_topic, send, timeout)
@@ -415,6 +405,24 @@ def _keep(book: dict[Any, Retained], key: Any, value: Retained | None) -> None:
         book.pop(key, None)
     else:
         book[key] = value
+
+
+def signed_method_request(
+    workspace: Workspace, device_id: str, method: str, payload: dict[str, Any] | None, timeout: float
+) -> tuple[str, dict[str, Any]]:
+    """A new request id and the workspace's signed request for it, valid for `timeout` seconds:
+    what a device checks whichever control plane carries the request."""
+    rid = os.urandom(8).hex()
+    request = MethodRequest(
+        fleet=workspace.fleet,
+        device=device_id,
+        method=method,
+        request_id=rid,
+        # Agents refuse a request valid for longer than METHOD_REQUEST_MAX_TTL_S.
+        expires_at=now() + timedelta(seconds=min(max(timeout, 1.0), METHOD_REQUEST_MAX_TTL_S)),
+        payload=payload or {},
+    )
+    return rid, sign_method_request(request, load_signing_key(workspace.signing_key_path))
 
 
 def now() -> datetime:

@@ -24,7 +24,6 @@ import logging
 import math
 import os
 from collections.abc import Iterable
-from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,17 +33,13 @@ from modules import ConfigError
 from modules.azureiot import SCHEME, desired_document_patch, document_slots, state_from_summary
 from modules.deployment import DeploymentDocument, DeviceFacts
 from modules.device_state import (
-    METHOD_REQUEST_MAX_TTL_S,
-    MethodRequest,
     MethodResponse,
     Presence,
     ReportedState,
-    sign_method_request,
 )
 from modules.safe_json import PayloadRefused, loads_limited
-from modules.signing import load_signing_key
 from modules.topics import FleetTopics
-from publisher._hub import FleetSnapshot, HubError, MethodTimeoutError, Retained, now
+from publisher._hub import FleetSnapshot, HubError, MethodTimeoutError, Retained, signed_method_request
 from publisher._iothub_rest import IotHubApiError, ServiceCredentials, TwinApi
 from publisher._workspace import Workspace
 
@@ -204,16 +199,7 @@ class IotHubFleet:
         self, device_id: str, method: str, payload: dict[str, Any] | None = None, timeout: float = 10.0
     ) -> MethodResponse:
         """A direct method through IoT Hub; its payload is the signed request, as on MQTT."""
-        rid = os.urandom(8).hex()
-        request = MethodRequest(
-            fleet=self.workspace.fleet,
-            device=device_id,
-            method=method,
-            request_id=rid,
-            expires_at=now() + timedelta(seconds=min(max(timeout, 1.0), METHOD_REQUEST_MAX_TTL_S)),
-            payload=payload or {},
-        )
-        wire = sign_method_request(request, load_signing_key(self.workspace.signing_key_path))
+        _rid, wire = signed_method_request(self.workspace, device_id, method, payload, timeout)
         try:
             status, body = await self._api.invoke(device_id, method, wire, max(5, math.ceil(timeout)))
         except IotHubApiError as exc:
