@@ -320,7 +320,7 @@ def _wrk_ms(text: str) -> float:
 
 
 def run_wrk(url: str, body_file: Path, concurrency: int, seconds: float, server_cpu: CpuClock) -> dict:
-    """wrk (C, keep-alive, HTTP/1.1), one thread: the issue's load generator."""
+    """wrk (C, keep-alive, HTTP/1.1), one thread: the reference load generator."""
     script = body_file.with_suffix(".wrk.lua")
     script.write_text(
         'wrk.method = "POST"\n'
