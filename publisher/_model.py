@@ -32,14 +32,21 @@ _SKIP_DIRS = {".git", "__pycache__", ".ipynb_checkpoints"}
 
 
 def _collect_files(model_path: Path) -> list[tuple[str, Path]]:
+    """The files to register, each with its path inside the model.
+
+    As Azure ML registers them: a file by its name, a folder's files under the folder's own
+    name (`-p ./model` holds `model/sklearn_regression_model.pkl`), which is why scripts written
+    for it join `AZUREML_MODEL_DIR` with `"model/<file>"` for a folder and `"<file>"` for a file.
+    """
     if not model_path.exists():
         raise InvalidModelError(f"model path {model_path} does not exist")
     if model_path.is_file():
         return [(model_path.name, model_path)]
     if not model_path.is_dir():
         raise InvalidModelError(f"model path {model_path} is neither a file nor a folder")
+    folder = model_path.resolve().name or "model"  # `-p .` is the current folder, by its name
     files = [
-        (p.relative_to(model_path).as_posix(), p)
+        (f"{folder}/{p.relative_to(model_path).as_posix()}", p)
         for p in sorted(model_path.rglob("*"))
         if p.is_file() and not _SKIP_DIRS.intersection(p.relative_to(model_path).parts)
     ]

@@ -84,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     msub = model.add_subparsers(dest="action", required=True)
     reg = msub.add_parser("register", parents=[common, as_json], help="register a model file or folder")
     reg.add_argument("-n", "--name", required=True)
-    reg.add_argument("-p", "--path", required=True, help="model file or folder")
+    reg.add_argument(
+        "-p", "--path", required=True, help="model file, or folder (its files keep its name, as in Azure ML)"
+    )
     reg.add_argument("--tag", action="append", metavar="K=V")
     reg.add_argument("--property", action="append", metavar="K=V")
     reg.add_argument("--description")

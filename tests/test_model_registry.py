@@ -95,14 +95,15 @@ def test_show_download_and_delete(cli, tmp_path: Path) -> None:
     shown = json.loads(out)
     assert code == 0 and shown["version"] == 1 and shown["description"] == "iris classifier"
     assert shown["properties"] == {"accuracy": "0.97"} and shown["framework"] == "onnx"
-    assert sorted(f["path"] for f in shown["files"]) == ["model.onnx", "nested/labels.txt"]
+    # As Azure ML registers a folder: its files under the folder's own name.
+    assert sorted(f["path"] for f in shown["files"]) == ["model/model.onnx", "model/nested/labels.txt"]
     code, out, _ = cli("model", "show", f"{name}:1")
     assert "input  input: float32[?, 4]" in out
 
     code, _, _ = cli("model", "download", f"{name}:1", "-o", str(tmp_path / "out"))
     assert code == 0
-    assert (tmp_path / "out" / "model.onnx").read_bytes() == IRIS.read_bytes()
-    assert (tmp_path / "out" / "nested" / "labels.txt").read_text().startswith("setosa")
+    assert (tmp_path / "out" / "model" / "model.onnx").read_bytes() == IRIS.read_bytes()
+    assert (tmp_path / "out" / "model" / "nested" / "labels.txt").read_text().startswith("setosa")
     assert not list((tmp_path / "out").rglob("*.partial"))
 
     code, out, _ = cli("model", "delete", f"{name}:1")

@@ -85,7 +85,8 @@ async def test_module_manifest_has_one_layer_per_model_file_and_a_code_layer(
         code = await client.get_blob(module.repository, code_layer["digest"])
     assert manifest["config"]["mediaType"] == mt.MODULE_CONFIG
     titles = [layer["annotations"][mt.TITLE] for layer in manifest["layers"]]
-    assert titles == [f"{model.name}/model.onnx", f"{model.name}/sample-input.json", "code.tar.gz"]
+    # a registered folder keeps its name inside the model, as in Azure ML
+    assert titles == [f"{model.name}/iris/model.onnx", f"{model.name}/iris/sample-input.json", "code.tar.gz"]
     assert code_layer["mediaType"] == mt.MODULE_CODE
     with tarfile.open(fileobj=io.BytesIO(gzip.decompress(code))) as tar:
         assert sorted(tar.getnames()) == ["requirements.txt", "score.py"]
@@ -188,7 +189,7 @@ async def test_pulled_module_lays_out_models_and_code_as_the_scoring_host_expect
         again = await pull_module(client, module.repository, "1", tmp_path / "m")
         assert client.stats.bytes_downloaded < 2 * (IRIS_DIR / "model.onnx").stat().st_size + 10_000
     assert unpacked.digest == again.digest == module.digest
-    assert (unpacked.model_dir / model.name / str(model.version) / "model.onnx").read_bytes() == (
+    assert (unpacked.model_dir / model.name / str(model.version) / "iris" / "model.onnx").read_bytes() == (
         IRIS_DIR / "model.onnx"
     ).read_bytes()
     assert unpacked.entry_script == tmp_path / "m" / "code" / "score.py"

@@ -109,3 +109,36 @@ def test_serve_module_gives_azure_style_scripts_the_model_where_azure_ml_v1_puts
         finally:
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=20) == 0
+
+
+def test_a_model_registered_from_a_folder_keeps_the_folder_name_as_azure_ml_does(
+    distribution: Service, tmp_path: Path
+) -> None:
+    """Registered from `./model/`, the file is `AZUREML_MODEL_DIR/model/model.onnx`: what Azure ML's
+    online-endpoint samples join (`"model/sklearn_regression_model.pkl"`)."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes((EXAMPLES / "models" / "iris" / "model.onnx").read_bytes())
+    ws = Workspace.create(tmp_path / "ws", registry=distribution.url)
+    name = f"iris-{os.urandom(3).hex()}"
+    model = Model.register(ws, folder, name)
+    assert [f.path for f in model.files] == ["model/model.onnx"]
+    script = ROOT / "tests" / "scoring" / "scripts" / "azure_model_folder.py"
+    module = Module.package(ws, name + "-svc", [name], entry_script=script)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELFLEET_")}
+    env |= {"MODELFLEET_REGISTRY": distribution.url, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modules.cli", "serve", "--module", module.name, "--port", str(port),
+         "--processes", "1"],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_ready(f"{base}/v2/health/ready", proc)
+        resp = requests.post(f"{base}/score", json={"data": [[5.1, 3.5, 1.4, 0.2]]}, timeout=30)
+        assert resp.status_code == 200, resp.text
+        assert resp.json() == [0]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0

@@ -80,8 +80,10 @@ def _blob_gets(proxy: FaultProxy, digest: str) -> int:
 
 
 def _model_file(stored: Any, model: Any, name: str) -> Path:
-    """Where a model's file lands in a stored module: Azure ML v1's `<name>/<version>/<file>`."""
-    return stored.model_dir / model.name / str(model.version) / name
+    """Where a model's file lands in a stored module: Azure ML v1's `<name>/<version>/<path>`, the
+    path as registered (a registered folder's files are under the folder's name)."""
+    path = next(f.path for f in model.files if Path(f.path).name == name)
+    return stored.model_dir / model.name / str(model.version) / path
 
 
 def _blob_files(store_root: Path) -> list[str]:
