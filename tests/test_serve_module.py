@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import requests
@@ -32,6 +34,27 @@ def _wait_ready(url: str, proc: subprocess.Popen[str], timeout: float = 60) -> N
         time.sleep(0.1)
     proc.terminate()
     raise AssertionError(f"scoring host never became ready: {proc.communicate(timeout=10)[1][-2000:]}")
+
+
+@contextlib.contextmanager
+def _serving(module: Module, registry: Service, tmp_path: Path) -> Iterator[str]:
+    """`modelfleet serve --module` in one process, pulling into a cache of the test's own; yields
+    its base URL once ready, and checks it stops cleanly on SIGINT."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELFLEET_")}
+    env |= {"MODELFLEET_REGISTRY": registry.url, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modules.cli", "serve", "--module", module.name, "--port", str(port),
+         "--processes", "1"],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_ready(f"{base}/v2/health/ready", proc)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
 
 
 def test_serve_module_pulls_and_answers_with_the_packaged_entry_script(
@@ -85,18 +108,8 @@ def test_serve_module_gives_azure_style_scripts_the_model_where_azure_ml_v1_puts
     script = ROOT / "tests" / "scoring" / "scripts" / "azure_model_dir.py"
     scripted = Module.package(ws, name + "-svc", [name], entry_script=script)
     bare = Module.package(ws, name + "-bare", [name])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELFLEET_")}
-    env |= {"MODELFLEET_REGISTRY": distribution.url, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     for module in (scripted, bare):
-        port = free_port()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "modules.cli", "serve", "--module", module.name, "--port", str(port),
-             "--processes", "1"],
-            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        try:
-            base = f"http://127.0.0.1:{port}"
-            _wait_ready(f"{base}/v2/health/ready", proc)
+        with _serving(module, distribution, tmp_path) as base:
             rows = {"data": [[5.1, 3.5, 1.4, 0.2]]}
             if module is scripted:
                 resp = requests.post(f"{base}/score", json=rows, timeout=30)
@@ -106,9 +119,6 @@ def test_serve_module_gives_azure_style_scripts_the_model_where_azure_ml_v1_puts
                 tensor = {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": rows["data"][0]}
                 resp = requests.post(f"{base}/v2/models/{name}/infer", json={"inputs": [tensor]}, timeout=30)
                 assert resp.status_code == 200, resp.text
-        finally:
-            proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=20) == 0
 
 
 def test_a_model_registered_from_a_folder_keeps_the_folder_name_as_azure_ml_does(
@@ -125,20 +135,7 @@ def test_a_model_registered_from_a_folder_keeps_the_folder_name_as_azure_ml_does
     assert [f.path for f in model.files] == ["model/model.onnx"]
     script = ROOT / "tests" / "scoring" / "scripts" / "azure_model_folder.py"
     module = Module.package(ws, name + "-svc", [name], entry_script=script)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELFLEET_")}
-    env |= {"MODELFLEET_REGISTRY": distribution.url, "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "modules.cli", "serve", "--module", module.name, "--port", str(port),
-         "--processes", "1"],
-        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        base = f"http://127.0.0.1:{port}"
-        _wait_ready(f"{base}/v2/health/ready", proc)
+    with _serving(module, distribution, tmp_path) as base:
         resp = requests.post(f"{base}/score", json={"data": [[5.1, 3.5, 1.4, 0.2]]}, timeout=30)
         assert resp.status_code == 200, resp.text
         assert resp.json() == [0]
-    finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0
