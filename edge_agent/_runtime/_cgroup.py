@@ -34,8 +34,6 @@ MODULE_PREFIX = "module-"
 AGENT_LEAF = "agent"  # v2: where the agent's own process goes so its cgroup may delegate
 CPU_PERIOD_US = 100_000
 
-ModuleLimits = Literal["auto", "cgroup", "rlimit"]
-
 
 class CgroupUnavailable(Exception):
     """The agent cannot (or may not) make a module's cgroup; the message says why."""

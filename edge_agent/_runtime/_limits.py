@@ -23,13 +23,19 @@ import math
 import os
 import resource
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from modules.spec import Resources
 
-from ._cgroup import ModuleGroup
+if TYPE_CHECKING:  # `_cgroup` loads at the first module with limits, not with the agent
+    from ._cgroup import ModuleGroup
 
 WATCH_PERIOD_S = 0.5
 DATA_HEADROOM_MB = 1024
+
+# What enforces process modules' limits: a cgroup where possible else rlimits, a cgroup or the
+# module fails, rlimits only.
+ModuleLimits = Literal["auto", "cgroup", "rlimit"]
 
 
 def describe(resources: Resources | None, group: ModuleGroup | None = None) -> str | None:

@@ -20,17 +20,20 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modules.spec import Resources
 from modules.tasks import cancel_and_wait
 
-from . import _cgroup as cgroups
 from . import _limits as limits
 from ._config import InstanceConfig, keys_json, settings_json
 from ._errors import ModuleStartError
 from ._logs import InstanceOutput, RotatingLog, tail_lines
 from ._readiness import HttpChecks
 from ._venv import EnvBuilder
+
+if TYPE_CHECKING:  # imported where first needed: an agent whose modules have no limits never loads it
+    from . import _cgroup as cgroups
 
 log = logging.getLogger("modelfleet.agent.runtime")
 
@@ -203,6 +206,19 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
+def _module_cgroup(pid: int) -> cgroups.ModuleGroup | None:
+    """The cgroup an earlier agent made for this module, if it is in one."""
+    try:
+        text = Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return None
+    if "/module-" not in text:
+        return None
+    from . import _cgroup as cgroups
+
+    return cgroups.find(pid, cgroup_text=text)
+
+
 def _started_at_of(pid: int) -> datetime:
     """When a process we did not start began, from /proc; now if that cannot be read."""
     try:
@@ -232,7 +248,7 @@ class ProcessRuntime(HttpChecks):
         python: str = sys.executable,
         log_max_bytes: int = 5 * 1024 * 1024,
         log_backups: int = 3,
-        module_limits: cgroups.ModuleLimits = "auto",
+        module_limits: limits.ModuleLimits = "auto",
     ) -> None:
         if module_limits not in ("auto", "cgroup", "rlimit"):
             raise ValueError(f"module_limits is auto, cgroup or rlimit, not {module_limits!r}")
@@ -274,6 +290,8 @@ class ProcessRuntime(HttpChecks):
         if self.module_limits == "rlimit":
             return None
         if self._cgroups is None and self._no_cgroups is None:
+            from . import _cgroup as cgroups
+
             try:
                 self._cgroups = cgroups.for_this_process()
                 log.info("module limits: %s", self._cgroups.describe())
@@ -291,6 +309,8 @@ class ProcessRuntime(HttpChecks):
         found = self._controllers()
         if found is None:
             return limits.describe(resources)
+        from . import _cgroup as cgroups
+
         planned = cgroups.ModuleGroup(found.version, found.memory, found.cpu)
         planned.memory_mb = resources.memory_mb
         planned.cpus = resources.cpus if found.cpu is not None else None
@@ -301,6 +321,8 @@ class ProcessRuntime(HttpChecks):
         if resources is None or (resources.memory_mb is None and resources.cpus is None):
             return None
         found = self._controllers()
+        from . import _cgroup as cgroups
+
         try:
             if found is None:
                 raise cgroups.CgroupUnavailable(self._no_cgroups or "module_limits is rlimit")
@@ -405,6 +427,8 @@ class ProcessRuntime(HttpChecks):
         self, instance_id: str, popen: subprocess.Popen[bytes], group: cgroups.ModuleGroup
     ) -> cgroups.ModuleGroup | None:
         """The group with the module in it, or None (rlimits) when it cannot be moved in."""
+        from . import _cgroup as cgroups
+
         try:
             group.add(popen.pid)
             return group
@@ -460,7 +484,7 @@ class ProcessRuntime(HttpChecks):
             return None
         instance = Instance(config, pid, _started_at_of(pid))
         # It stays in the group the earlier agent made for it: found again, its OOM is reported.
-        instance.cgroup = cgroups.find(pid)
+        instance.cgroup = _module_cgroup(pid)
         # what it printed while no agent was there waits in its file
         self._collect(instance, self.instance_output(config))
         return instance
