@@ -13,8 +13,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from edge_agent._config import load_agent_config
 from edge_agent._runtime import Backoff, ModuleStartError, ProcessRuntime, Supervisor
 from edge_agent._runtime import _cgroup as cgroups
+from modules import ConfigError
 from modules.device_state import ModuleState
 from modules.spec import Resources
 from tests.edge_agent.test_runtime_process import gone, make_config, write_script
@@ -286,3 +288,15 @@ async def test_cgroup_mode_fails_the_module_where_no_group_can_be_made(
     finally:
         await fallback.stop(instance)
         await fallback.close()
+
+
+def test_module_limits_setting_from_file_or_environment(tmp_path: Path) -> None:
+    (tmp_path / "agent.toml").write_text('device_id = "press-1"\nmodule_limits = "cgroup"\n')
+    assert load_agent_config(tmp_path / "agent.toml", {}, environ={}).module_limits == "cgroup"
+    env = {"MODELFLEET_MODULE_LIMITS": "rlimit"}
+    assert load_agent_config(tmp_path / "agent.toml", {}, environ=env).module_limits == "rlimit"
+    assert load_agent_config(None, {"device_id": "press-1"}, environ={}).module_limits == "auto"
+    with pytest.raises(ConfigError, match="module_limits"):
+        load_agent_config(None, {"device_id": "press-1", "module_limits": "kernel"}, environ={})
+    with pytest.raises(ValueError, match="module_limits"):
+        ProcessRuntime(tmp_path, module_limits="kernel")  # type: ignore[arg-type]
