@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -35,6 +35,7 @@ ENVIRONMENT = {
     "mqtt_password": "MODELFLEET_MQTT_PASSWORD",
     "data_dir": "MODELFLEET_DATA_DIR",
     "docker_host": "MODELFLEET_DOCKER_HOST",
+    "module_limits": "MODELFLEET_MODULE_LIMITS",
     "iothub_connection_string": "MODELFLEET_IOTHUB_CONNECTION_STRING",
 }
 
@@ -78,6 +79,13 @@ class AgentConfig(BaseModel):
     retry_max_s: float = Field(300.0, gt=0, description="Longest wait between retries")
     max_payload_bytes: int = Field(
         DEFAULT_MAX_PAYLOAD_BYTES, ge=1024, description="Control-plane payloads above this are refused unread"
+    )
+    # What enforces a process module's `resources`: the kernel, through a cgroup per module, where
+    # the agent may make one; else the runtime itself (resident-memory watch, rlimits, affinity).
+    module_limits: Literal["auto", "cgroup", "rlimit"] = Field(
+        "auto",
+        description="auto: a cgroup per module where possible, else rlimits; cgroup: a module that "
+        "cannot have one fails; rlimit: never a cgroup",
     )
     deny_env: list[str] = Field(
         default_factory=lambda: list(DEFAULT_DENIED_ENV),

@@ -20,6 +20,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modules.spec import Resources
 from modules.tasks import cancel_and_wait
@@ -30,6 +31,9 @@ from ._errors import ModuleStartError
 from ._logs import InstanceOutput, RotatingLog, tail_lines
 from ._readiness import HttpChecks
 from ._venv import EnvBuilder
+
+if TYPE_CHECKING:  # imported where first needed: an agent whose modules have no limits never loads it
+    from . import _cgroup as cgroups
 
 log = logging.getLogger("modelfleet.agent.runtime")
 
@@ -66,6 +70,8 @@ class Instance:
         self._poller: asyncio.Task[None] | None = None
         self.pump_task: asyncio.Task[None] | None = None  # collects its output file
         self.output: InstanceOutput | None = None
+        self.cgroup: cgroups.ModuleGroup | None = None  # its own cgroup, where it has one
+        self._oom_kills: int | None = None  # the group's OOM kill count, read as it exited
 
     def __repr__(self) -> str:
         return f"<Instance {self.config.instance_id} pid={self.pid} returncode={self.returncode}>"
@@ -108,6 +114,11 @@ class Instance:
     def _set_exit(self, code: int) -> None:
         if self._returncode is None:
             self._returncode = code
+            if self.cgroup is not None:
+                # Read before the group goes; it goes at once unless a straggler still sits in
+                # it (then stop() or the next start-up sweep removes it).
+                self._oom_kills = self.cgroup.oom_kills()
+                self.cgroup.remove()
         if self._exited is not None and not self._exited.done():
             self._exited.set_result(self._returncode)
 
@@ -120,6 +131,22 @@ class Instance:
             return self._returncode
         assert self._exited is not None
         return await asyncio.shield(self._exited)
+
+    def oom_reason(self, code: int) -> str | None:
+        """Why the instance ended, when the kernel's OOM killer ended it at its cgroup's limit.
+
+        SIGKILL is how our own child dies of it; an adopted one's exit status cannot be read, so
+        its group's count alone decides."""
+        if not limits.kernel_memory(self.cgroup) or (code != -signal.SIGKILL and not self.adopted):
+            return None
+        assert self.cgroup is not None
+        kills = self._oom_kills if self._oom_kills is not None else self.cgroup.oom_kills()
+        return self.cgroup.oom_reason() if kills > 0 else None
+
+    def release_cgroup(self) -> None:
+        """Remove its cgroup (best effort: the kernel keeps one that still holds a process)."""
+        if self.cgroup is not None:
+            self.cgroup.remove()
 
     def reason(self, lines: int = _REASON_LINES) -> str:
         if self.output is not None:
@@ -179,6 +206,19 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
+def _module_cgroup(pid: int) -> cgroups.ModuleGroup | None:
+    """The cgroup an earlier agent made for this module, if it is in one."""
+    try:
+        text = Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return None
+    if "/module-" not in text:
+        return None
+    from . import _cgroup as cgroups
+
+    return cgroups.find(pid, cgroup_text=text)
+
+
 def _started_at_of(pid: int) -> datetime:
     """When a process we did not start began, from /proc; now if that cannot be read."""
     try:
@@ -195,6 +235,10 @@ class ProcessRuntime(HttpChecks):
 
     Layout under `data_dir`: `instances/<id>/settings.json` (private: it holds the keys),
     `logs/<module>.log*`, `envs/<hash>/`.
+
+    `module_limits` picks what enforces a module's `resources`: "auto" its own cgroup where the
+    agent may make one, else the runtime's rlimit enforcement; "cgroup" a cgroup or the module
+    fails to start; "rlimit" the runtime's enforcement only.
     """
 
     def __init__(
@@ -204,8 +248,14 @@ class ProcessRuntime(HttpChecks):
         python: str = sys.executable,
         log_max_bytes: int = 5 * 1024 * 1024,
         log_backups: int = 3,
+        module_limits: limits.ModuleLimits = "auto",
     ) -> None:
+        if module_limits not in ("auto", "cgroup", "rlimit"):
+            raise ValueError(f"module_limits is auto, cgroup or rlimit, not {module_limits!r}")
         self.data_dir = data_dir
+        self.module_limits = module_limits
+        self._cgroups: cgroups.Controllers | None = None
+        self._no_cgroups: str | None = None  # why modules get the rlimit enforcement
         self.python = python
         self.log_max_bytes = log_max_bytes
         self.log_backups = log_backups
@@ -232,6 +282,61 @@ class ProcessRuntime(HttpChecks):
     async def ensure_env(self, requirements: list[str]) -> str:
         """The interpreter to run a module with these extra requirements (built once per set)."""
         return await self._envs.ensure(requirements)
+
+    # -- limits -----------------------------------------------------------------------------
+
+    def _controllers(self) -> cgroups.Controllers | None:
+        """Where module cgroups go; found at the first module with limits, then kept."""
+        if self.module_limits == "rlimit":
+            return None
+        if self._cgroups is None and self._no_cgroups is None:
+            from . import _cgroup as cgroups
+
+            try:
+                self._cgroups = cgroups.for_this_process()
+                log.info("module limits: %s", self._cgroups.describe())
+            except cgroups.CgroupUnavailable as exc:
+                self._no_cgroups = str(exc)
+                if self.module_limits == "auto":
+                    log.warning("module limits by rlimits, not cgroups: %s", exc)
+        return self._cgroups
+
+    def describe_limits(self, resources: Resources | None) -> str | None:
+        """What will hold a module with these `resources`, before it starts (its instance's
+        `limits` then says what did)."""
+        if resources is None or (resources.memory_mb is None and resources.cpus is None):
+            return None
+        found = self._controllers()
+        if found is None:
+            return limits.describe(resources)
+        from . import _cgroup as cgroups
+
+        planned = cgroups.ModuleGroup(found.version, found.memory, found.cpu)
+        planned.memory_mb = resources.memory_mb
+        planned.cpus = resources.cpus if found.cpu is not None else None
+        return limits.describe(resources, planned)
+
+    def _module_group(self, instance_id: str, resources: Resources | None) -> cgroups.ModuleGroup | None:
+        """A new cgroup with the module's limits, or None for the rlimit enforcement."""
+        if resources is None or (resources.memory_mb is None and resources.cpus is None):
+            return None
+        found = self._controllers()
+        from . import _cgroup as cgroups
+
+        try:
+            if found is None:
+                raise cgroups.CgroupUnavailable(self._no_cgroups or "module_limits is rlimit")
+            group = found.create(instance_id, resources.memory_mb, resources.cpus)
+            if self.module_limits == "cgroup" and resources.cpus is not None and group.cpus is None:
+                group.remove()
+                raise cgroups.CgroupUnavailable("the cpu controller is not available to the agent")
+            return group
+        except cgroups.CgroupUnavailable as exc:
+            if self.module_limits == "cgroup":
+                raise ModuleStartError(f"cannot limit {instance_id} by a cgroup: {exc}") from None
+            if found is not None:  # a refusal at detection was logged once already
+                log.warning("%s limited by rlimits, not a cgroup: %s", instance_id, exc)
+            return None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -276,6 +381,7 @@ class ProcessRuntime(HttpChecks):
         with os.fdopen(descriptor, "w") as handle:
             handle.write(text)
         cwd = config.code_dir or settings_file.parent
+        group = self._module_group(config.instance_id, resources)
         keys = keys_json(settings)
         keys_read = None
         if keys is not None:
@@ -298,17 +404,44 @@ class ProcessRuntime(HttpChecks):
                 pass_fds=() if keys_read is None else (keys_read,),
             )
         except OSError as exc:
+            if group is not None:
+                group.remove()
             raise ModuleStartError(f"cannot start {config.instance_id}: {exc}") from exc
         finally:
             os.close(write_fd)
             if keys_read is not None:
                 os.close(keys_read)
-        limits.apply(popen.pid, resources)
+        if group is not None:
+            # Moved in just after it started: what it allocates before is not counted, which is
+            # harmless (it is still starting Python); its children are all born inside.
+            group = self._move_in(config.instance_id, popen, group)
+        limits.apply(popen.pid, resources, group)
         instance = Instance(config, popen.pid, datetime.now(UTC), popen=popen)
+        instance.cgroup = group
         instance._watch()
         self._collect(instance, output)
         log.info("started %s (pid %d, port %d)", config.instance_id, popen.pid, config.port)
         return instance
+
+    def _move_in(
+        self, instance_id: str, popen: subprocess.Popen[bytes], group: cgroups.ModuleGroup
+    ) -> cgroups.ModuleGroup | None:
+        """The group with the module in it, or None (rlimits) when it cannot be moved in."""
+        from . import _cgroup as cgroups
+
+        try:
+            group.add(popen.pid)
+            return group
+        except cgroups.CgroupUnavailable as exc:
+            if self.module_limits == "cgroup":
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(popen.pid, signal.SIGKILL)
+                popen.wait()
+                group.remove()
+                raise ModuleStartError(f"cannot limit {instance_id} by a cgroup: {exc}") from None
+            log.warning("%s limited by rlimits, not a cgroup: %s", instance_id, exc)
+            group.remove()
+            return None
 
     async def stop(self, instance: Instance, timeout: float = 10.0) -> int:
         """SIGTERM to the instance's process group, SIGKILL to what is left after `timeout`.
@@ -337,7 +470,9 @@ class ProcessRuntime(HttpChecks):
         if not _group_alive(pgid) and instance.output is not None:
             await asyncio.to_thread(instance.output.finish)  # the last log lines
         if not _group_alive(pgid):
-            # Nothing left that could be adopted: the private settings (keys) go with it.
+            # Nothing left that could be adopted: the private settings (keys) go with it, and
+            # its cgroup.
+            instance.release_cgroup()
             folder = self.settings_path(instance.config.instance_id).parent
             await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
         log.info("stopped %s (exit %d)", instance.config.instance_id, code)
@@ -348,6 +483,8 @@ class ProcessRuntime(HttpChecks):
         if config.instance_id != instance_id or not _alive(pid, instance_id):
             return None
         instance = Instance(config, pid, _started_at_of(pid))
+        # It stays in the group the earlier agent made for it: found again, its OOM is reported.
+        instance.cgroup = _module_cgroup(pid)
         # what it printed while no agent was there waits in its file
         self._collect(instance, self.instance_output(config))
         return instance

@@ -80,7 +80,10 @@ class Supervisor:
             module=f"modules/{config.spec.name}",
             version=config.spec.version,
             port=config.port,
-            limits=limits.describe(resources),
+            # What will enforce them; replaced by what did once an instance runs.
+            limits=runtime.describe_limits(resources)
+            if isinstance(runtime, ProcessRuntime)
+            else limits.describe(resources),
         )
         self._watcher: asyncio.Task[None] | None = None
         self._failures = 0  # consecutive failed runs, for the backoff
@@ -112,6 +115,7 @@ class Supervisor:
         """Supervise an instance that an earlier agent started and this one re-adopted."""
         if self._watcher is not None:
             raise RuntimeError(f"{self.config.module} is already supervised")
+        self._applied_limits(instance)
         self._running(instance)
         self._watch(instance)
 
@@ -139,6 +143,7 @@ class Supervisor:
         self._update(status="starting", health="unknown", next_restart_at=None, **changes)
         instance = await self.runtime.start(self.config, python=self.python, resources=self.resources)
         self.instance = instance
+        self._applied_limits(instance)
         try:
             await self.runtime.wait_ready(instance, self.ready_timeout)  # type: ignore[arg-type]
             if self.smoke_test:
@@ -152,6 +157,13 @@ class Supervisor:
             raise
         self._running(instance)
         return instance
+
+    def _applied_limits(self, instance: AnyInstance) -> None:
+        """Report what enforces this instance's limits: its cgroup, or the rlimit fallback."""
+        if isinstance(instance, Instance):
+            applied = limits.describe(self.resources, instance.cgroup)
+            if applied != self.state.limits:
+                self._update(limits=applied)
 
     def _running(self, instance: AnyInstance) -> None:
         self.instance = instance
@@ -217,13 +229,24 @@ class Supervisor:
         exited = asyncio.ensure_future(instance.wait())
         watched = {prober, exited}
         memory = None
-        if self.resources is not None and self.resources.memory_mb is not None:
+        cgroup = instance.cgroup if isinstance(instance, Instance) else None
+        if (
+            self.resources is not None
+            and self.resources.memory_mb is not None
+            and not limits.kernel_memory(cgroup)
+        ):
+            # The rlimit enforcement; in a cgroup the kernel holds the module to its memory.
             memory = loop.create_task(self._watch_memory(instance, self.resources.memory_mb))
             watched.add(memory)
         try:
             done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
             if exited in done:
-                return exited.result(), False
+                code = exited.result()
+                oom = instance.oom_reason(code) if isinstance(instance, Instance) else None
+                if oom is not None:
+                    log.warning("%s: %s", self.config.module, oom)
+                    self._update(last_error=oom)
+                return code, False
             if memory is not None and memory in done:
                 # Over its memory: killed at once (it may be taking the device's memory with it).
                 self._update(last_error=memory.result())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -185,9 +186,34 @@ def run(raw):
 """
 
 
+def _kernel_memory_here() -> str | None:
+    """The cgroup file that should hold a module's memory on this machine, found independently of
+    the runtime: the agent's v1 memory cgroup when writable, else v2's memory controller when the
+    agent's cgroup has it and holds nothing but this process; None for the rlimit enforcement."""
+    lines = [line.split(":", 2) for line in Path("/proc/self/cgroup").read_text().splitlines()]
+    for _, controllers, path in lines:
+        if "memory" in controllers.split(","):
+            folder = Path("/sys/fs/cgroup/memory") / path.lstrip("/")
+            return "cgroup v1 memory.limit_in_bytes" if os.access(folder, os.W_OK) else None
+    unified = next((path for hierarchy, _, path in lines if hierarchy == "0"), None)
+    if unified is None:
+        return None
+    root = Path("/sys/fs/cgroup")
+    folder = (root if (root / "cgroup.controllers").exists() else root / "unified") / unified.lstrip("/")
+    if folder.name == "agent" and "memory" in (folder.parent / "cgroup.subtree_control").read_text().split():
+        return "cgroup v2 memory.max"  # delegated already, by an earlier test in this process
+    if "memory" not in (folder / "cgroup.controllers").read_text().split():
+        return None
+    alone = (folder / "cgroup.procs").read_text().split() == [str(os.getpid())]
+    return "cgroup v2 memory.max" if alone and os.access(folder, os.W_OK) else None
+
+
+@pytest.mark.parametrize("mode", ["rlimit", "auto"])
 async def test_a_module_over_its_memory_is_killed_and_reported_while_its_neighbour_serves(
-    runtime: ProcessRuntime, tmp_path: Path
+    mode: str, tmp_path: Path
 ) -> None:
+    runtime = ProcessRuntime(tmp_path / "agent", module_limits=mode)  # type: ignore[arg-type]
+    expected = _kernel_memory_here() if mode == "auto" else None
     script = write_script(tmp_path / "hog-code", "score.py", HOG_SCRIPT)
     hog_states: list[ModuleState] = []
     hog = Supervisor(
@@ -208,7 +234,9 @@ async def test_a_module_over_its_memory_is_killed_and_reported_while_its_neighbo
     await hog.start()
     await neighbour.start()
     try:
-        assert "memory 200 MiB" in (hog.state.limits or "")
+        reported = hog.state.limits or ""
+        enforcer = expected or "resident-memory watch, RLIMIT_DATA backstop"
+        assert reported == f"memory 200 MiB ({enforcer})"
         async with aiohttp.ClientSession() as session:
             url = f"http://127.0.0.1:{hog.config.port}/score"
             async with session.post(url, json={"allocate_mb": 50}) as response:
@@ -217,7 +245,10 @@ async def test_a_module_over_its_memory_is_killed_and_reported_while_its_neighbo
                 async with session.post(url, json={"allocate_mb": 400}) as response:
                     await response.read()
             await _until(hog_states, lambda s: s.status == "failed", timeout=30)
-            assert "out of memory" in (hog.state.last_error or "")
+            error = hog.state.last_error or ""
+            assert error.startswith("out of memory")
+            if expected is not None:  # the kernel killed it, not the runtime's watch
+                assert error == f"out of memory: killed by the kernel at memory_mb 200 ({expected})"
             async with session.post(
                 f"http://127.0.0.1:{neighbour.config.port}/score", json={"allocate_mb": 1}
             ) as response:
@@ -225,3 +256,4 @@ async def test_a_module_over_its_memory_is_killed_and_reported_while_its_neighbo
     finally:
         await hog.stop()
         await neighbour.stop()
+        await runtime.close()
