@@ -90,9 +90,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def _key(args: argparse.Namespace) -> int:
     """The device's X25519 public key (created on first use, as the agent would) and the
-    fingerprint the operator compares at `modelfleet device approve`."""
+    fingerprint the operator compares at `modelfleet device approve`: the key the agent reports,
+    read as it reads it."""
     from edge_agent._config import AgentConfig, load_agent_config
-    from modules.service_keys import device_public_key, key_fingerprint, load_or_create_device_key
+    from modules.service_keys import key_fingerprint, open_device_key
 
     data_dir = args.data_dir
     if data_dir is None and args.config is not None:
@@ -101,7 +102,7 @@ def _key(args: argparse.Namespace) -> int:
         data_dir = AgentConfig.model_fields["data_dir"].default
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    public = device_public_key(load_or_create_device_key(data_dir / "device-x25519.pem"))
+    public = open_device_key(data_dir / "device-x25519.pem").public
     fingerprint = key_fingerprint(public)
     if args.json:
         print(json.dumps({"public_key": public, "fingerprint": fingerprint}))
