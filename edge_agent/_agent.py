@@ -74,7 +74,7 @@ from modules.deployment import (
 )
 from modules.device_state import ModuleState, Presence, ReportedState
 from modules.scoring import twin
-from modules.service_keys import open_device_key
+from modules.service_keys import DEVICE_KEY_FILE, open_device_key
 from modules.signing import load_public_key
 from modules.tasks import cancel_within
 from modules.topics import FleetTopics
@@ -123,7 +123,7 @@ class Agent:
             denied_env=config.deny_env,
         )
         # the public key now; the private one when the first sealed box is opened
-        self.device_key = open_device_key(data / "device-x25519.pem")
+        self.device_key = open_device_key(data / DEVICE_KEY_FILE)
         self.keys = SealedKeys(
             self.device_key, self.intake.trusted, fleet=config.fleet, device_id=self.device_id
         )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -126,3 +128,46 @@ def test_sealed_keys_build_the_private_key_at_the_first_box_only(tmp_path: Path)
     assert device_key.loaded
     opened = sealed.keys_for("iris")
     assert opened is not None and opened.primary.get_secret_value() == keys.primary.get_secret_value()
+
+
+def test_a_key_pair_made_apart_leaves_this_process_without_x25519_state(tmp_path: Path) -> None:
+    path = tmp_path / "device-x25519.pem"
+    probe = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from modules.service_keys import open_device_key\n"
+        f"key = open_device_key(Path({str(path)!r}), make_apart=True)\n"
+        "print(key.public, key.loaded, 'cryptography.hazmat.backends.openssl.backend' in sys.modules)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, check=True)
+    public, loaded, backend = out.stdout.split()
+    assert (loaded, backend) == ("False", "False")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert device_public_key(load_or_create_device_key(path)) == public == open_device_key(path).public
+
+
+@pytest.mark.parametrize("executable", ["", "/bin/false"])
+def test_a_key_pair_is_made_here_when_no_child_can_make_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, executable: str
+) -> None:
+    monkeypatch.setattr(sys, "executable", executable)
+    key = open_device_key(tmp_path / "device-x25519.pem", make_apart=True)
+    assert key.public == device_public_key(key.private())
+    monkeypatch.undo()
+    assert open_device_key(tmp_path / "device-x25519.pem").public == key.public
+
+
+def test_building_the_private_key_checks_the_public_key_read(tmp_path: Path) -> None:
+    from modules.service_keys import _write_public
+
+    path = tmp_path / "device-x25519.pem"
+    right = open_device_key(path).public
+    raw = load_or_create_device_key(path).private_bytes_raw()
+    wrong = X25519PrivateKey.generate().public_key().public_bytes_raw()
+    _write_public(path, raw, wrong)  # as a faulty maker would have bound it
+
+    key = open_device_key(path)
+    assert key.public != right
+    key.private()
+    assert key.public == right and open_device_key(path).public == right
