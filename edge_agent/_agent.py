@@ -74,7 +74,7 @@ from modules.deployment import (
 )
 from modules.device_state import ModuleState, Presence, ReportedState
 from modules.scoring import twin
-from modules.service_keys import device_public_key, load_or_create_device_key
+from modules.service_keys import DEVICE_KEY_FILE, open_device_key
 from modules.signing import load_public_key
 from modules.tasks import cancel_within
 from modules.topics import FleetTopics
@@ -122,7 +122,8 @@ class Agent:
             max_payload_bytes=config.max_payload_bytes,
             denied_env=config.deny_env,
         )
-        self.device_key = load_or_create_device_key(data / "device-x25519.pem")
+        # the public key now; the private one when the first sealed box is opened
+        self.device_key = open_device_key(data / DEVICE_KEY_FILE)
         self.keys = SealedKeys(
             self.device_key, self.intake.trusted, fleet=config.fleet, device_id=self.device_id
         )
@@ -160,7 +161,6 @@ class Agent:
         self.keys.restore(self.persisted.sealed_keys, self.persisted.keys_versions)
         self.methods.restore(self.persisted.seen_requests)
         self.providers: list[str] = []
-        self._public_key: str | None = None
         # module -> what identified its reported.json when last read (`twin.reported_key`)
         self._reported_seen: dict[str, tuple[int, int, int] | None] = {}
         # twin folder -> the desired properties this process last wrote there
@@ -686,9 +686,7 @@ class Agent:
         self._report_wanted.set()
 
     def reported_state(self) -> ReportedState:
-        if self._public_key is None:
-            self._public_key = device_public_key(self.device_key)
-        return self.book.reported(device_info(self.config.data_dir, self.providers, self._public_key))
+        return self.book.reported(device_info(self.config.data_dir, self.providers, self.device_key.public))
 
     async def _report_loop(self) -> None:
         while True:

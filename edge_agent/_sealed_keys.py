@@ -18,14 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pydantic import ValidationError
 
 from modules import ModelfleetError
 from modules.deployment import DeploymentError, Tombstone, is_tombstone, verify_document
 from modules.deployment.registry_secrets import DeploymentSecrets, open_secrets
 from modules.safe_json import DEFAULT_MAX_PAYLOAD_BYTES, PayloadRefused, loads_limited
-from modules.service_keys import ServiceKeys
+from modules.service_keys import DeviceKey, ServiceKeys
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ class KeysCleared:
 class SealedKeys:
     def __init__(
         self,
-        device_key: X25519PrivateKey,
+        device_key: DeviceKey,
         trusted: Sequence[Ed25519PublicKey],
         *,
         fleet: str,
@@ -136,7 +135,7 @@ class SealedKeys:
         """Open a sealed keys document into memory; the reason when it cannot be used."""
         try:
             doc, keys = open_secrets(
-                wire, self.device_key, self.trusted, fleet=self.fleet, device=self.device_id
+                wire, self.device_key.private(), self.trusted, fleet=self.fleet, device=self.device_id
             )
         except ModelfleetError as exc:
             return str(exc)

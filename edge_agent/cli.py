@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     from edge_agent._agent import Agent
     from edge_agent._config import load_agent_config
+    from modules.service_keys import DEVICE_KEY_FILE, open_device_key
 
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
@@ -76,6 +77,9 @@ def _run(args: argparse.Namespace) -> int:
             "listen_host": args.listen_host,
         },
     )
+    # A first start makes the device key in a child process, before the agent reads it: this
+    # process then never carries OpenSSL's X25519 set-up for a key it only reports.
+    open_device_key(config.data_dir / DEVICE_KEY_FILE, make_apart=True)
     agent = Agent(config)
 
     async def main() -> None:
@@ -90,9 +94,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def _key(args: argparse.Namespace) -> int:
     """The device's X25519 public key (created on first use, as the agent would) and the
-    fingerprint the operator compares at `modelfleet device approve`."""
+    fingerprint the operator compares at `modelfleet device approve`: the key the agent reports,
+    read as it reads it."""
     from edge_agent._config import AgentConfig, load_agent_config
-    from modules.service_keys import device_public_key, key_fingerprint, load_or_create_device_key
+    from modules.service_keys import DEVICE_KEY_FILE, key_fingerprint, open_device_key
 
     data_dir = args.data_dir
     if data_dir is None and args.config is not None:
@@ -101,7 +106,7 @@ def _key(args: argparse.Namespace) -> int:
         data_dir = AgentConfig.model_fields["data_dir"].default
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    public = device_public_key(load_or_create_device_key(data_dir / "device-x25519.pem"))
+    public = open_device_key(data_dir / DEVICE_KEY_FILE).public
     fingerprint = key_fingerprint(public)
     if args.json:
         print(json.dumps({"public_key": public, "fingerprint": fingerprint}))

@@ -12,7 +12,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +28,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 
 from modules import _pem
 from modules._errors import ConfigError, ModelfleetError
+from modules.atomic_file import write_atomic
 from modules.deployment import Signature, signing_payload, verify_document
 from modules.signing import public_key_id
 
@@ -32,6 +36,11 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 _Opened = TypeVar("_Opened")
+
+log = logging.getLogger(__name__)
+
+DEVICE_KEY_FILE = "device-x25519.pem"
+"""The device key's file name in the agent's data folder (its public half beside it, `.pub`)."""
 
 ALG = "x25519-hkdf-sha256-chacha20poly1305"
 
@@ -89,24 +98,157 @@ def _unb64(text: str) -> bytes:
 # -- device key pair --------------------------------------------------------------------------
 
 
-def load_or_create_device_key(path: Path) -> X25519PrivateKey:
+_BINDING_CONTEXT = b"modelfleet device-x25519.pub v1"
+
+
+def public_key_path(path: Path) -> Path:
+    """Where the public half of the device key at `path` is kept: `device-x25519.pem` ->
+    `device-x25519.pub`."""
+    return path.with_suffix(".pub") if path.suffix == ".pem" else path.with_name(path.name + ".pub")
+
+
+def _binding(private_raw: bytes, public_raw: bytes) -> str:
+    return hashlib.sha256(_BINDING_CONTEXT + private_raw + public_raw).hexdigest()
+
+
+class DeviceKey:
+    """The device's X25519 key pair as the agent holds it: the public half at once, the private
+    half as an OpenSSL key only when a sealed box is opened (`private`).
+
+    The first X25519 operation of a process imports cryptography's backend module and sets up
+    OpenSSL's X25519 state, about 2 MiB resident for the rest of its life, and an idle agent
+    needs none of it: it only reports its public key. So the public
+    key is written beside the private one (`public_key_path`) when the pair is made, by this
+    code, with the same owner and permissions. Its file also holds a SHA-256 over both halves
+    (`_binding`), checked at every start against the private key's bytes: no X25519 operation,
+    and a public file that does not belong to the private key (a missing, damaged or stale one,
+    e.g. left over after the private key was replaced) is never used; the public key is then
+    derived from the private one and the file written again. A key file in another form than
+    the fixed PKCS#8 one is read by cryptography, which sets up that state anyway: its public
+    key is derived at once and no public file is kept for it. When the private key is built, its
+    public key is compared with the one read (free by then).
+    """
+
+    def __init__(
+        self, path: Path, public: str, *, raw: bytes | None = None, key: X25519PrivateKey | None = None
+    ) -> None:
+        if raw is None and key is None:
+            raise ValueError("a device key needs its private half")
+        self.path = path
+        self.public = public  # base64 of the 32 raw bytes: what the device reports
+        self._raw = None if key is not None else raw
+        self._key = key
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the private key has been built as an OpenSSL key yet."""
+        return self._key is not None
+
+    def private(self) -> X25519PrivateKey:
+        if self._key is None:
+            assert self._raw is not None
+            key = X25519PrivateKey.from_private_bytes(self._raw)
+            public_raw = key.public_key().public_bytes_raw()
+            if _b64(public_raw) != self.public:  # OpenSSL's state is set up now: checking is free
+                log.warning("device key %s: its public key file did not match; written again", self.path)
+                _write_public(self.path, self._raw, public_raw)
+                self.public = _b64(public_raw)
+            self._key = key
+            self._raw = None
+        return self._key
+
+
+def open_device_key(path: Path, *, make_apart: bool = False) -> DeviceKey:
     """The device's sealing key; created once with owner-only permissions and never replaced.
 
-    Read and written in its one PKCS#8 form without cryptography's `serialization` package (see
-    `modules._pem`); a file in any other form is left to that package to read or refuse."""
+    The private key is read and written in its one PKCS#8 form without cryptography's
+    `serialization` package (see `modules._pem`); a file in any other form is left to that
+    package to read or refuse. Either way it is read here, at start, so a damaged key file is
+    refused at start.
+
+    `make_apart`: a missing pair is made in a short child process (`_made_apart`), for a process
+    that runs one agent: making it here sets up OpenSSL's X25519 state, which then stays for the
+    life of the process. The simulator, with many agents in one process, makes them here."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        key = X25519PrivateKey.generate()
-        pem = _pem.encode(key.private_bytes_raw(), _pem.PRIVATE_KEY, _pem.X25519_PRIVATE_PREFIX)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-        return key
+        return _create(path, make_apart=make_apart)
     raw = _pem.raw_key(data, _pem.PRIVATE_KEY, _pem.X25519_PRIVATE_PREFIX)
-    if raw is not None:
-        return X25519PrivateKey.from_private_bytes(raw)
+    if raw is None:
+        other = _read_other_form(path, data)
+        return DeviceKey(path, _b64(other.public_key().public_bytes_raw()), key=other)
+    public_raw = _read_public(path, raw)
+    if public_raw is not None:
+        return DeviceKey(path, _b64(public_raw), raw=raw)
+    key = X25519PrivateKey.from_private_bytes(raw)
+    public_raw = key.public_key().public_bytes_raw()
+    _write_public(path, raw, public_raw)
+    return DeviceKey(path, _b64(public_raw), key=key)
+
+
+def _create(path: Path, *, make_apart: bool) -> DeviceKey:
+    pair = _made_apart() if make_apart else None
+    key = None
+    if pair is None:
+        key = X25519PrivateKey.generate()
+        pair = key.private_bytes_raw(), key.public_key().public_bytes_raw()
+    raw, public_raw = pair
+    pem = _pem.encode(raw, _pem.PRIVATE_KEY, _pem.X25519_PRIVATE_PREFIX)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    _write_public(path, raw, public_raw)
+    return DeviceKey(path, _b64(public_raw), raw=raw, key=key)
+
+
+_MAKE_PAIR = (
+    "import sys\n"
+    "from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey\n"
+    "key = X25519PrivateKey.generate()\n"
+    "sys.stdout.write(key.private_bytes_raw().hex() + ' ' + key.public_key().public_bytes_raw().hex())\n"
+)
+
+
+def _made_apart() -> tuple[bytes, bytes] | None:
+    """A new pair (private, public; raw bytes) made by cryptography in a child process of this
+    interpreter (about 30 ms, once per device); None when there is no interpreter to run (an
+    embedded one) or the child fails, and the caller makes the pair itself."""
+    if not sys.executable:
+        return None
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _MAKE_PAIR], capture_output=True, text=True, timeout=60, check=True
+        )
+        private_raw, public_raw = (bytes.fromhex(part) for part in done.stdout.split())
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        log.info("device key made in this process: the child process could not make it (%s)", exc)
+        return None
+    if len(private_raw) != 32 or len(public_raw) != 32:
+        return None
+    return private_raw, public_raw
+
+
+def _read_public(path: Path, private_raw: bytes) -> bytes | None:
+    """The raw public key from the file beside `path`, when that file is whole and belongs to
+    `private_raw`; else None."""
+    try:
+        lines = public_key_path(path).read_text(encoding="ascii").split()
+        public_raw = _unb64(lines[0])
+    except (OSError, UnicodeDecodeError, ValueError, IndexError):
+        return None
+    if len(lines) != 2 or len(public_raw) != 32 or lines[1] != _binding(private_raw, public_raw):
+        return None
+    return public_raw
+
+
+def _write_public(path: Path, private_raw: bytes, public_raw: bytes) -> None:
+    """The public key (base64, as reported) and the SHA-256 binding it to the private key."""
+    text = f"{_b64(public_raw)}\n{_binding(private_raw, public_raw)}\n"
+    write_atomic(public_key_path(path), text.encode(), mode=0o600)
+
+
+def _read_other_form(path: Path, data: bytes) -> X25519PrivateKey:
     from cryptography.hazmat.primitives import serialization
 
     try:
@@ -116,6 +258,11 @@ def load_or_create_device_key(path: Path) -> X25519PrivateKey:
     if not isinstance(key, X25519PrivateKey):
         raise ConfigError(f"device key {path} is not an X25519 key")
     return key
+
+
+def load_or_create_device_key(path: Path) -> X25519PrivateKey:
+    """The device's sealing key as an OpenSSL key (`open_device_key`, its private half)."""
+    return open_device_key(path).private()
 
 
 def device_public_key(key: X25519PrivateKey) -> str:

@@ -9,11 +9,15 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from modules import _pem
 from modules._errors import ConfigError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 
 def generate_signing_key(path: Path) -> Ed25519PrivateKey:
@@ -68,7 +72,7 @@ def load_public_key(pem: str | bytes) -> Ed25519PublicKey:
     data = pem.encode() if isinstance(pem, str) else pem
     raw = _pem.raw_key(data, _pem.PUBLIC_KEY, _pem.ED25519_PUBLIC_PREFIX)
     if raw is not None:
-        return Ed25519PublicKey.from_public_bytes(raw)
+        return _TrustedKey(raw)
     from cryptography.hazmat.primitives import serialization
 
     try:
@@ -78,3 +82,46 @@ def load_public_key(pem: str | bytes) -> Ed25519PublicKey:
     if not isinstance(key, Ed25519PublicKey):
         raise ConfigError("trusted publisher keys must be Ed25519")
     return key
+
+
+class _TrustedKey(Ed25519PublicKey):
+    """A trusted publisher key read from its fixed PEM form, built as an OpenSSL key at its first
+    verification.
+
+    The first Ed25519 key a process builds sets up OpenSSL's Ed25519 state, about 0.6 MiB
+    resident, which an agent that receives no signed message never needs. Its id, raw bytes and
+    equality come from the 32 bytes read; OpenSSL takes any 32 bytes as an Ed25519 public key,
+    so building it later fails no more than building it at once would."""
+
+    def __init__(self, raw: bytes) -> None:
+        if len(raw) != 32:
+            raise ValueError("an Ed25519 public key is 32 bytes")
+        self._raw = bytes(raw)
+        self._key: Ed25519PublicKey | None = None
+
+    def _built(self) -> Ed25519PublicKey:
+        if self._key is None:
+            self._key = Ed25519PublicKey.from_public_bytes(self._raw)
+        return self._key
+
+    def public_bytes_raw(self) -> bytes:
+        return self._raw
+
+    def public_bytes(self, encoding: Encoding, format: PublicFormat) -> bytes:
+        return self._built().public_bytes(encoding, format)
+
+    def verify(self, signature: bytes, data: bytes) -> None:
+        self._built().verify(signature, data)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Ed25519PublicKey):
+            return NotImplemented
+        return self._raw == other.public_bytes_raw()
+
+    __hash__ = None  # type: ignore[assignment]  # as cryptography's own keys
+
+    def __copy__(self) -> _TrustedKey:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> _TrustedKey:
+        return self

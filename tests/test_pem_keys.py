@@ -9,13 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization as s
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from modules import ConfigError
 from modules.service_keys import device_public_key, load_or_create_device_key
-from modules.signing import load_public_key, public_key_pem
+from modules.signing import load_public_key, public_key_id, public_key_pem
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,3 +84,18 @@ def test_the_agent_reads_its_keys_without_the_serialization_package(tmp_path: Pa
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_trusted_key_is_built_as_an_openssl_key_at_its_first_verification() -> None:
+    signer = Ed25519PrivateKey.generate()
+    trusted = load_public_key(public_key_pem(signer))
+    assert trusted._key is None  # type: ignore[attr-defined]
+    assert trusted == signer.public_key() and signer.public_key() == trusted
+    assert public_key_id(trusted) == public_key_id(signer)
+    pem = trusted.public_bytes(s.Encoding.PEM, s.PublicFormat.SubjectPublicKeyInfo)
+    assert pem == public_key_pem(signer).encode()
+
+    trusted.verify(signer.sign(b"payload"), b"payload")
+    with pytest.raises(InvalidSignature):
+        trusted.verify(signer.sign(b"payload"), b"another payload")
+    assert trusted._key is not None  # type: ignore[attr-defined]

@@ -15,7 +15,6 @@ import aiohttp
 
 from edge_agent._agent import Agent
 from edge_agent._config import AgentConfig
-from modules.service_keys import device_public_key
 from publisher import Workspace
 from publisher._image import ModuleImage
 from tests._docker import DockerEngine
@@ -124,9 +123,7 @@ async def test_an_iotedge_manifest_with_a_private_registry_deploys_as_it_is_and_
             lambda: read_retained(mosquitto.port, agent.topics.reported("dev-e"), timeout=0.5),
             what="the device's first report (its public key)",
         )
-        code, _, err = await acli(
-            ws, "device", "enroll", "dev-e", "--key", device_public_key(agent.device_key)
-        )
+        code, _, err = await acli(ws, "device", "enroll", "dev-e", "--key", agent.device_key.public)
         assert code == 0, err
 
         # Not on the engine yet (an earlier test may have pulled it): this pull needs the credentials.

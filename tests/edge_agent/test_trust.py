@@ -15,7 +15,7 @@ from edge_agent import Agent
 from edge_agent._planner import Remove
 from modules.deployment import Tombstone
 from modules.device_state import MethodRequest, MethodResponse, sign_method_request
-from modules.service_keys import ServiceKeys, device_public_key, seal_keys
+from modules.service_keys import ServiceKeys, seal_keys
 from modules.transport import Message
 from tests.deployment._factories import document, manifest, modelfleet_module
 from tests.edge_agent._fakes import FakeRuntime, FakeTransport
@@ -98,7 +98,7 @@ async def test_an_oversized_payload_is_a_recorded_refusal(tmp_path: Path) -> Non
 def _keys_wire(agent: Agent, version: int, keys: ServiceKeys, fleet: str = "factory") -> bytes:
     sealed = seal_keys(
         keys,
-        device_public_key(agent.device_key),
+        agent.device_key.public,
         fleet=fleet,
         name="iris-prod",
         device="dev-1",

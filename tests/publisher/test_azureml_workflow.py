@@ -24,7 +24,6 @@ import requests
 from onnx import TensorProto, helper
 
 from modules.hub import EmbeddedHub
-from modules.service_keys import device_public_key
 from publisher import Module, azureml
 from publisher import _local_service as local
 from tests._services import Service as RealService
@@ -198,7 +197,7 @@ async def test_seed_workflow_on_aci_with_auth_reaches_enrolled_agents(
             await wait_for(lambda a=agent: a.transport and a.transport.connected, what="agent online")
             # enrolment: the operator binds the key read on the device to its id
             code, _, err = await acli(
-                ws, "device", "enroll", agent.device_id, "--key", device_public_key(agent.device_key)
+                ws, "device", "enroll", agent.device_id, "--key", agent.device_key.public
             )
             assert code == 0, err
         await settled_status(ws, agents)  # both report (tags, key) before the deployment counts them

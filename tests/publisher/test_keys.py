@@ -9,7 +9,6 @@ from pathlib import Path
 
 import aiohttp
 
-from modules.service_keys import device_public_key
 from publisher import DeploymentConfig, InferenceConfig, Model, Service, Workspace
 from tests._services import Service as RealService
 from tests.edge_agent._fleet import SAMPLE, wait_for
@@ -43,7 +42,7 @@ async def test_primary_key_works_regen_revokes_it_and_no_retained_message_holds_
         await wait_for(lambda: agent.transport and agent.transport.connected, what="agent online")
         await asyncio.sleep(0.3)  # its first report (with its public key) is on the broker
         # Keys are sealed only to enrolled devices: the operator enrols the key read on the device.
-        code, _, err = await acli(ws, "device", "enroll", "k1", "--key", device_public_key(agent.device_key))
+        code, _, err = await acli(ws, "device", "enroll", "k1", "--key", agent.device_key.public)
         assert code == 0, err
         config = DeploymentConfig(target="tags.site = 'a'", port=6200, auth=True, min_healthy_seconds=0)
         service: Service = await asyncio.to_thread(
