@@ -130,7 +130,8 @@ class Agent:
         self.book = StatusBook(self.device_id, config.fleet, config.tags, self._want_report, self.clock)
         if runtime is None:
             store = ArtifactStore(data / "store", reserve_bytes=config.reserve_bytes)
-            runtime = Executor(config, store, ProcessRuntime(data / "runtime"), registry)
+            processes = ProcessRuntime(data / "runtime", module_limits=config.module_limits)
+            runtime = Executor(config, store, processes, registry)
         self.runtime: ModuleRuntime = runtime
         self.runtime.bind(self._on_module_state, self.keys.keys_for, self._on_download)
         outcomes_first = cast(ModuleRuntime, _OutcomesFirst(self.runtime, self._write_outcomes))

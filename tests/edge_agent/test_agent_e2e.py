@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
@@ -349,3 +350,54 @@ async def test_direct_methods_ping_state_logs_and_restart(
     assert (await asyncio.to_thread(call, "selfDestruct"))["status"] == 404
     async with aiohttp.ClientSession() as session:
         assert (await _score(port, session))["predictions"][2] == "virginica"
+
+
+@pytest.mark.parametrize("module_limits", ["auto", "rlimit"])
+async def test_a_module_past_its_memory_limit_is_reported_out_of_memory_while_its_neighbour_serves(
+    tmp_path: Path, distribution: Service, mosquitto: Service, publisher: Publisher, fleet_name: str,
+    module_limits: str,
+) -> None:  # fmt: skip
+    """`settings.resources.memory_mb` from a signed deployment, enforced by whatever the agent's
+    `module_limits` picks on this machine, and the module's reported `limits` says which."""
+    from tests.edge_agent.test_runtime_supervisor import HOG_SCRIPT, _kernel_memory_here
+
+    hog_script = tmp_path / "hog" / "score.py"
+    hog_script.parent.mkdir()
+    hog_script.write_text(HOG_SCRIPT)
+    hog = await publisher.package(hog_script)
+    calm = await publisher.package(SCORE_V1)
+    hog_port, calm_port = free_port(), free_port()
+    doc = publisher.document("limits", 1, hog, hog_port, restart_policy="never")
+    desired = doc.model_dump(mode="json", by_alias=True, exclude_none=True)
+    modules = desired["content"]["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]
+    modules["scorer"]["settings"]["resources"] = {"memory_mb": 200}
+    modules["calm"] = {
+        "type": "modelfleet", "status": "running", "restartPolicy": "always",
+        "settings": {"module": calm.repository, "digest": calm.digest, "port": calm_port},
+    }  # fmt: skip
+    config = agent_config(
+        tmp_path / "agent", "dev-1", mosquitto.url, distribution.url, publisher.public_key, fleet_name,
+        module_limits=module_limits,
+    )  # fmt: skip
+    agent = Agent(config)
+    await agent.start()
+    try:
+        await publisher.deploy(type(doc).model_validate(desired))
+        await wait_for(lambda: running_with(agent, hog.digest), what="the limited module running")
+        await wait_for(lambda: running_with(agent, calm.digest, "calm"), what="its neighbour running")
+        expected = _kernel_memory_here() if module_limits == "auto" else None
+        mechanism = expected or "resident-memory watch, RLIMIT_DATA backstop"
+        assert agent.modules["scorer"].limits == f"memory 200 MiB ({mechanism})"
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{hog_port}/score"
+            async with session.post(url, json={"allocate_mb": 50}) as resp:
+                assert resp.status == 200  # within its limit
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.post(url, json={"allocate_mb": 400}) as resp:
+                    await resp.read()
+            await wait_for(lambda: agent.modules["scorer"].status == "failed", what="out of memory reported")
+            assert "out of memory" in (agent.modules["scorer"].last_error or "")
+            assert running_with(agent, calm.digest, "calm")
+            assert (await _score(calm_port, session))["predictions"] == ["setosa", "versicolor", "virginica"]
+    finally:
+        await agent.stop()
