@@ -54,7 +54,7 @@ def test_hub_up_serves_and_stops_on_sigint(tmp_path: Path) -> None:
         "--data-dir", str(data_dir),
         "--registry-port", str(registry_port),
         "--mqtt-port", str(mqtt_port),
-    )
+    )  # fmt: skip
     try:
         exports = read_exports(proc)
         assert exports == {
@@ -86,7 +86,7 @@ def test_hub_up_port_in_use(tmp_path: Path) -> None:
             "--data-dir", str(tmp_path / "d"),
             "--registry-port", str(port),
             "--mqtt-port", str(free_port()),
-        )
+        )  # fmt: skip
         _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 1
     lines = stderr.strip().splitlines()
@@ -102,7 +102,7 @@ def test_mqtt_port_in_use_releases_registry(tmp_path: Path, capsys) -> None:
         taken.listen()
         mqtt_port = taken.getsockname()[1]
         argv = ["hub", "up", "--data-dir", str(tmp_path / "d"),
-                "--registry-port", str(registry_port), "--mqtt-port", str(mqtt_port)]
+                "--registry-port", str(registry_port), "--mqtt-port", str(mqtt_port)]  # fmt: skip
         assert cli.main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("modelfleet: error: MQTT broker cannot listen")
@@ -114,7 +114,7 @@ def test_unusable_data_dir(tmp_path: Path, capsys) -> None:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")
     argv = ["hub", "up", "--data-dir", str(not_a_dir),
-            "--registry-port", str(free_port()), "--mqtt-port", str(free_port())]
+            "--registry-port", str(free_port()), "--mqtt-port", str(free_port())]  # fmt: skip
     assert cli.main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1

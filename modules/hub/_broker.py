@@ -91,9 +91,7 @@ class EmbeddedBroker:
         except (BrokerError, OSError) as exc:
             cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
             reason = getattr(cause, "strerror", None) or str(cause)
-            raise BrokerStartError(
-                f"MQTT broker cannot listen on {self.host}:{self.port}: {reason}"
-            ) from exc
+            raise BrokerStartError(f"MQTT broker cannot listen on {self.host}:{self.port}: {reason}") from exc
         self._broker = broker
         return self.url
 
