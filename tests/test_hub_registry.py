@@ -105,9 +105,7 @@ async def test_base_endpoint(registry: EmbeddedRegistry, http: aiohttp.ClientSes
         assert await resp.json() == {}
 
 
-async def test_monolithic_blob_push_and_head(
-    registry: EmbeddedRegistry, http: aiohttp.ClientSession
-) -> None:
+async def test_monolithic_blob_push_and_head(registry: EmbeddedRegistry, http: aiohttp.ClientSession) -> None:
     data = os.urandom(10_000)
     digest = await push_blob(http, registry.url, "models/iris", data)
     async with http.head(f"{registry.url}/v2/models/iris/blobs/{digest}") as resp:
@@ -192,9 +190,7 @@ async def test_cancel_upload(registry: EmbeddedRegistry, http: aiohttp.ClientSes
     assert not (registry.layout.root / "uploads" / upload_id).exists()
 
 
-async def test_digest_mismatch_keeps_nothing(
-    registry: EmbeddedRegistry, http: aiohttp.ClientSession
-) -> None:
+async def test_digest_mismatch_keeps_nothing(registry: EmbeddedRegistry, http: aiohttp.ClientSession) -> None:
     wrong = digest_of(b"something else")
     async with http.post(f"{registry.url}/v2/a/b/blobs/uploads/?digest={wrong}", data=b"hi") as r:
         assert r.status == 400
@@ -230,9 +226,7 @@ async def test_range_get(registry: EmbeddedRegistry, http: aiohttp.ClientSession
         assert resp.headers["Content-Range"] == "bytes */5000"
 
 
-async def test_cross_repository_mount(
-    registry: EmbeddedRegistry, http: aiohttp.ClientSession
-) -> None:
+async def test_cross_repository_mount(registry: EmbeddedRegistry, http: aiohttp.ClientSession) -> None:
     data = os.urandom(2048)
     digest = await push_blob(http, registry.url, "models/iris", data)
     url = f"{registry.url}/v2/modules/iris-service/blobs/uploads/?mount={digest}&from=models/iris"
@@ -346,9 +340,7 @@ async def test_image_index_needs_its_manifests(
         assert await resp.read() == good
 
 
-async def test_tags_and_catalog_pagination(
-    registry: EmbeddedRegistry, http: aiohttp.ClientSession
-) -> None:
+async def test_tags_and_catalog_pagination(registry: EmbeddedRegistry, http: aiohttp.ClientSession) -> None:
     base = registry.url
     await push_artifact(http, base, "models/iris", "1")
     for tag in ("2", "3", "4", "latest"):
@@ -386,9 +378,7 @@ async def test_tags_and_catalog_pagination(
         assert "Link" not in resp.headers
 
 
-async def test_delete_by_digest_removes_tags(
-    registry: EmbeddedRegistry, http: aiohttp.ClientSession
-) -> None:
+async def test_delete_by_digest_removes_tags(registry: EmbeddedRegistry, http: aiohttp.ClientSession) -> None:
     base = registry.url
     manifest, _ = await push_artifact(http, base, "models/iris", "1")
     async with http.put(
@@ -426,12 +416,8 @@ async def test_blob_delete(registry: EmbeddedRegistry, http: aiohttp.ClientSessi
         assert (await resp.json())["errors"][0]["code"] == "BLOB_UNKNOWN"
 
 
-@pytest.mark.parametrize(
-    "name", ["Models/iris", "models//iris", "-x", "models/iris-", "a/blobs", "x" * 256]
-)
-async def test_invalid_name(
-    registry: EmbeddedRegistry, http: aiohttp.ClientSession, name: str
-) -> None:
+@pytest.mark.parametrize("name", ["Models/iris", "models//iris", "-x", "models/iris-", "a/blobs", "x" * 256])
+async def test_invalid_name(registry: EmbeddedRegistry, http: aiohttp.ClientSession, name: str) -> None:
     async with http.post(f"{registry.url}/v2/{name}/blobs/uploads/") as resp:
         assert resp.status == 400
         body = await resp.json()
@@ -466,8 +452,7 @@ async def test_token_auth(tmp_path: Path, http: aiohttp.ClientSession) -> None:
             assert resp.status == 401
             challenge = resp.headers["WWW-Authenticate"]
         assert challenge == (
-            f'Bearer realm="{base}/token",service="modelfleet-hub",'
-            'scope="repository:models/iris:pull,push"'
+            f'Bearer realm="{base}/token",service="modelfleet-hub",scope="repository:models/iris:pull,push"'
         )
         async with http.get(f"{base}/v2/") as resp:
             assert resp.status == 401
@@ -496,7 +481,6 @@ async def test_token_auth(tmp_path: Path, http: aiohttp.ClientSession) -> None:
 
 
 # -- skopeo interop ---------------------------------------------------------------------------
-
 
 
 async def skopeo(*args: str) -> str:
@@ -535,8 +519,11 @@ async def test_skopeo_round_trip(
     manifest, blobs = await push_artifact(http, registry.url, "modules/x", "1")
     oci_dir = tmp_path / "airgap"
     await skopeo(
-        "copy", "--preserve-digests", "--src-tls-verify=false",
-        f"docker://{host}/modules/x:1", f"oci:{oci_dir}:1",
+        "copy",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        f"docker://{host}/modules/x:1",
+        f"oci:{oci_dir}:1",
     )
     index = json.loads((oci_dir / "index.json").read_text())
     assert index["manifests"][0]["digest"] == digest_of(manifest)
@@ -545,8 +532,11 @@ async def test_skopeo_round_trip(
         assert (oci_dir / "blobs/sha256" / digest.split(":")[1]).read_bytes() == data
 
     await skopeo(
-        "copy", "--preserve-digests", "--dest-tls-verify=false",
-        f"oci:{oci_dir}:1", f"docker://{host}/copy/x:1",
+        "copy",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        f"oci:{oci_dir}:1",
+        f"docker://{host}/copy/x:1",
     )
     copied_manifest, copied_blobs = await fetch_artifact(http, registry.url, "copy/x", "1")
     assert copied_manifest == manifest
@@ -564,13 +554,22 @@ async def test_skopeo_with_basic_auth(tmp_path: Path, http: aiohttp.ClientSessio
         manifest, blobs = await push_artifact(http, base, "modules/x", "1", headers=good)
         oci_dir = tmp_path / "airgap"
         await skopeo(
-            "copy", "--preserve-digests", "--src-tls-verify=false", "--src-creds", "alice:s3cret",
-            f"docker://{host}/modules/x:1", f"oci:{oci_dir}:1",
+            "copy",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            "--src-creds",
+            "alice:s3cret",
+            f"docker://{host}/modules/x:1",
+            f"oci:{oci_dir}:1",
         )
         await skopeo(
-            "copy", "--preserve-digests", "--dest-tls-verify=false",
-            "--dest-creds", "alice:s3cret",
-            f"oci:{oci_dir}:1", f"docker://{host}/copy/x:2",
+            "copy",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            "alice:s3cret",
+            f"oci:{oci_dir}:1",
+            f"docker://{host}/copy/x:2",
         )
         copied = await fetch_artifact(http, base, "copy/x", "2", headers=good)
         assert copied == (manifest, blobs)
@@ -590,12 +589,22 @@ async def test_skopeo_with_token_auth(tmp_path: Path, http: aiohttp.ClientSessio
             bearer = {"Authorization": f"Bearer {(await resp.json())['token']}"}
         manifest, blobs = await push_artifact(http, base, "modules/x", "1", headers=bearer)
         await skopeo(
-            "copy", "--preserve-digests", "--src-tls-verify=false", "--src-creds", "alice:s3cret",
-            f"docker://{host}/modules/x:1", f"oci:{oci_dir}:1",
+            "copy",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            "--src-creds",
+            "alice:s3cret",
+            f"docker://{host}/modules/x:1",
+            f"oci:{oci_dir}:1",
         )
         await skopeo(
-            "copy", "--preserve-digests", "--dest-tls-verify=false",
-            "--dest-creds", "alice:s3cret", f"oci:{oci_dir}:1", f"docker://{host}/copy/x:1",
+            "copy",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            "alice:s3cret",
+            f"oci:{oci_dir}:1",
+            f"docker://{host}/copy/x:1",
         )
         assert await fetch_artifact(http, base, "copy/x", "1", headers=bearer) == (manifest, blobs)
     finally:

@@ -167,9 +167,7 @@ class Layout:
             return False
         return True
 
-    async def read_blob(
-        self, repository: str, digest: str, start: int, length: int
-    ) -> AsyncIterator[bytes]:
+    async def read_blob(self, repository: str, digest: str, start: int, length: int) -> AsyncIterator[bytes]:
         """Stream a byte range from a worker thread, so a slow disk never stalls other requests."""
         fh = await asyncio.to_thread(open, self.blob_path(repository, digest), "rb")
         try:
@@ -330,9 +328,7 @@ class Layout:
             return None
         return sorted({entry.tag for entry in index.manifests if entry.tag is not None})
 
-    async def put_manifest(
-        self, repository: str, tag: str | None, data: bytes, media_type: str
-    ) -> str:
+    async def put_manifest(self, repository: str, tag: str | None, data: bytes, media_type: str) -> str:
         digest = sha256_digest(data)
         async with self._lock(repository):
             repo = self._ensure_repo(repository)

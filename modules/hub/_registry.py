@@ -46,9 +46,7 @@ _INDEX_TYPES = {OCI_INDEX, DOCKER_LIST}
 _GENERIC_TYPES = {"", "application/octet-stream", "application/json", "text/plain"}
 
 # The distribution spec's repository name grammar.
-_NAME_RE = re.compile(
-    r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$"
-)
+_NAME_RE = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$")
 _TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
 # Path components that would land on a parent repository's own layout files.
 _RESERVED_COMPONENTS = {"blobs", "index.json", "oci-layout"}
@@ -85,9 +83,7 @@ class RegistryAPIError(Exception):
 
     def response(self) -> web.Response:
         body = {"errors": [{"code": self.code, "message": self.message, "detail": self.detail}]}
-        return web.json_response(
-            body, status=self.status, headers={**API_VERSION_HEADER, **self.headers}
-        )
+        return web.json_response(body, status=self.status, headers={**API_VERSION_HEADER, **self.headers})
 
 
 class _Reference(BaseModel):
@@ -111,19 +107,13 @@ class _Manifest(BaseModel):
 
 
 def _validate_name(name: str) -> None:
-    if (
-        len(name) > 255
-        or not _NAME_RE.match(name)
-        or _RESERVED_COMPONENTS.intersection(name.split("/"))
-    ):
+    if len(name) > 255 or not _NAME_RE.match(name) or _RESERVED_COMPONENTS.intersection(name.split("/")):
         raise RegistryAPIError(400, "NAME_INVALID", "invalid repository name", {"name": name})
 
 
 def _validate_digest(digest: str) -> None:
     if not DIGEST_RE.match(digest):
-        raise RegistryAPIError(
-            400, "DIGEST_INVALID", "only sha256 digests are supported", {"digest": digest}
-        )
+        raise RegistryAPIError(400, "DIGEST_INVALID", "only sha256 digests are supported", {"digest": digest})
 
 
 def _parse_n(request: web.Request) -> int | None:
@@ -139,9 +129,7 @@ def _parse_n(request: web.Request) -> int | None:
     return n
 
 
-def _paginate(
-    items: list[str], request: web.Request, path: str
-) -> tuple[list[str], dict[str, str]]:
+def _paginate(items: list[str], request: web.Request, path: str) -> tuple[list[str], dict[str, str]]:
     last = request.query.get("last")
     if last:
         items = [item for item in items if item > last]
@@ -329,9 +317,7 @@ class EmbeddedRegistry:
             )
         token = secrets.token_urlsafe(32)
         self._tokens[token] = time.monotonic() + TOKEN_TTL_S
-        return web.json_response(
-            {"token": token, "access_token": token, "expires_in": TOKEN_TTL_S}
-        )
+        return web.json_response({"token": token, "access_token": token, "expires_in": TOKEN_TTL_S})
 
     async def _base(self, request: web.Request) -> web.Response:
         if request.method not in ("GET", "HEAD"):
@@ -342,18 +328,33 @@ class EmbeddedRegistry:
         tail = request.match_info["tail"]
         method = request.method
         routes: list[tuple[re.Pattern[str], dict[str, Callable[..., Any]]]] = [
-            (_UPLOAD_RE, {
-                "POST": self._upload_start, "PATCH": self._upload_patch,
-                "PUT": self._upload_finish, "GET": self._upload_status,
-                "DELETE": self._upload_cancel,
-            }),
-            (_BLOB_RE, {
-                "GET": self._blob_get, "HEAD": self._blob_get, "DELETE": self._blob_delete,
-            }),
-            (_MANIFEST_RE, {
-                "GET": self._manifest_get, "HEAD": self._manifest_get,
-                "PUT": self._manifest_put, "DELETE": self._manifest_delete,
-            }),
+            (
+                _UPLOAD_RE,
+                {
+                    "POST": self._upload_start,
+                    "PATCH": self._upload_patch,
+                    "PUT": self._upload_finish,
+                    "GET": self._upload_status,
+                    "DELETE": self._upload_cancel,
+                },
+            ),
+            (
+                _BLOB_RE,
+                {
+                    "GET": self._blob_get,
+                    "HEAD": self._blob_get,
+                    "DELETE": self._blob_delete,
+                },
+            ),
+            (
+                _MANIFEST_RE,
+                {
+                    "GET": self._manifest_get,
+                    "HEAD": self._manifest_get,
+                    "PUT": self._manifest_put,
+                    "DELETE": self._manifest_delete,
+                },
+            ),
             (_TAGS_RE, {"GET": self._tags_list}),
         ]
         if tail in ("_catalog", "_catalog/"):
@@ -504,9 +505,7 @@ class EmbeddedRegistry:
             return None
         match = _CONTENT_RANGE_RE.match(header.strip())
         if match is None:
-            raise RegistryAPIError(
-                416, "BLOB_UPLOAD_INVALID", "malformed Content-Range", {"range": header}
-            )
+            raise RegistryAPIError(416, "BLOB_UPLOAD_INVALID", "malformed Content-Range", {"range": header})
         return int(match.group(1))
 
     async def _append(self, request: web.Request, name: str, upload: str) -> int:
@@ -602,9 +601,9 @@ class EmbeddedRegistry:
                 400, "MANIFEST_INVALID", "manifest is not valid JSON of a known shape", str(exc)
             ) from None
         content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
-        media_type = (
-            content_type if content_type not in _GENERIC_TYPES else parsed.media_type
-        ) or (OCI_INDEX if parsed.manifests is not None else OCI_MANIFEST)
+        media_type = (content_type if content_type not in _GENERIC_TYPES else parsed.media_type) or (
+            OCI_INDEX if parsed.manifests is not None else OCI_MANIFEST
+        )
         self._check_references(name, media_type, parsed)
         digest = sha256_digest(data)
         tag: str | None = reference
@@ -643,9 +642,7 @@ class EmbeddedRegistry:
                 )
             return
         if manifest.config is None:
-            raise RegistryAPIError(
-                400, "MANIFEST_INVALID", "an image manifest needs a config descriptor"
-            )
+            raise RegistryAPIError(400, "MANIFEST_INVALID", "an image manifest needs a config descriptor")
         missing = []
         for ref in [manifest.config, *(manifest.layers or [])]:
             kind = ref.media_type or ""
@@ -661,9 +658,7 @@ class EmbeddedRegistry:
                 {"digests": missing},
             )
 
-    async def _manifest_delete(
-        self, request: web.Request, name: str, reference: str
-    ) -> web.Response:
+    async def _manifest_delete(self, request: web.Request, name: str, reference: str) -> web.Response:
         self._validate_reference(reference)
         if not await self.layout.delete_manifest(name, reference):
             raise self._manifest_unknown(reference)
@@ -678,12 +673,8 @@ class EmbeddedRegistry:
                 404, "NAME_UNKNOWN", "repository name not known to registry", {"name": name}
             )
         page, headers = _paginate(tags, request, f"/v2/{name}/tags/list")
-        return web.json_response(
-            {"name": name, "tags": page}, headers={**API_VERSION_HEADER, **headers}
-        )
+        return web.json_response({"name": name, "tags": page}, headers={**API_VERSION_HEADER, **headers})
 
     async def _catalog(self, request: web.Request) -> web.Response:
         page, headers = _paginate(self.layout.repositories(), request, "/v2/_catalog")
-        return web.json_response(
-            {"repositories": page}, headers={**API_VERSION_HEADER, **headers}
-        )
+        return web.json_response({"repositories": page}, headers={**API_VERSION_HEADER, **headers})
