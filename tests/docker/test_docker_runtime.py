@@ -154,7 +154,11 @@ async def test_the_same_module_answers_alike_as_a_container_and_as_a_process(
     await deployer.deploy(deployer.document("both", 1, modules))
     await wait_for(lambda: running(agent, image.digest, "container"), what="the image running")
     await wait_for(lambda: running(agent, module.digest, "process"), what="the module process running")
-    assert agent.runtime.serving()["container"].pid != agent.runtime.serving()["process"].pid
+    # A module reports running once it answers; its front proxy is switched to it just after that.
+    both = {"container", "process"}
+    await wait_for(lambda: agent.runtime.serving().keys() >= both, what="both behind their front proxies")
+    serving = agent.runtime.serving()
+    assert serving["container"].pid != serving["process"].pid
 
     async with aiohttp.ClientSession() as session:
         from_container = await score(container_port, session)
