@@ -391,15 +391,21 @@ class Executor:
 
     async def _start(self, command: Start) -> InstanceRecord:
         desired = command.desired
-        supervisor, config, version = await self._bring_up(desired)
+        # The public port first: a port that is taken fails the module before anything is pulled
+        # or started, and once the instance reports running its port already answers (503 until
+        # then, "no instance of this module is running").
         proxy = FrontProxy(self.config.listen_host, self.config.module_port(desired.port))
         try:
             await proxy.start()
         except OSError as exc:
-            await supervisor.stop()
             raise ModuleStartFailed(
                 f"cannot listen on port {self.config.module_port(desired.port)}: {exc.strerror}"
             ) from exc
+        try:
+            supervisor, config, version = await self._bring_up(desired)
+        except BaseException:
+            await proxy.stop()
+            raise
         proxy.switch(config.port)
         record = self._record(desired, config, supervisor.state.pid, version)
         self.running[desired.name] = RunningModule(record, supervisor, proxy)

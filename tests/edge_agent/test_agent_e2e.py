@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -401,3 +402,24 @@ async def test_a_module_past_its_memory_limit_is_reported_out_of_memory_while_it
             assert (await _score(calm_port, session))["predictions"] == ["setosa", "versicolor", "virginica"]
     finally:
         await agent.stop()
+
+
+async def test_a_taken_public_port_fails_the_module_before_it_is_started(
+    agent: Agent, publisher: Publisher
+) -> None:
+    """The front proxy binds first: a port something else holds fails the module with the reason,
+    before its artifact is pulled or its process started for nothing."""
+    module = await publisher.package(SCORE_V1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        await publisher.deploy(publisher.document("iris", 1, module, port))
+        state = await wait_for(lambda: agent.deployments.get("iris"), what="the deployment's outcome")
+        await wait_for(lambda: agent.deployments["iris"].outcome == "failed", what="failed")
+    assert f"cannot listen on port {port}" in (agent.deployments["iris"].reason or ""), state
+    scorer = agent.modules["scorer"]
+    assert scorer.status == "failed" and scorer.pid is None
+    assert "scorer" not in agent.runtime.serving()
+    stored = agent.config.data_dir / "store" / "modules" / module.digest.removeprefix("sha256:")
+    assert not stored.exists()  # never pulled
