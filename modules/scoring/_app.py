@@ -32,7 +32,7 @@ from ._host import ScoringHost
 from ._openapi import VERSIONS, build_document, unknown_version_message, user_documents
 from ._raw_http import AMLRequest, stream_reply
 from ._settings import ScoringSettings
-from ._v2_protocol import HEADER_LENGTH, decode_request, encode_response, model_metadata
+from ._v2_protocol import HEADER_LENGTH, decode_request, encode_response, model_config, model_metadata
 
 log = logging.getLogger("modelfleet.scoring")
 
@@ -394,7 +394,11 @@ def _add_v2_routes(app: web.Application, host: ScoringHost) -> None:
         except PackageNotFoundError:
             package_version = "unknown"
         return web.json_response(
-            {"name": "modelfleet", "version": package_version, "extensions": ["binary_tensor_data"]}
+            {
+                "name": "modelfleet",
+                "version": package_version,
+                "extensions": ["binary_tensor_data", "classification", "model_configuration"],
+            }
         )
 
     async def live(_: web.Request) -> web.Response:
@@ -428,10 +432,34 @@ def _add_v2_routes(app: web.Application, host: ScoringHost) -> None:
         await host.wait_ready()
         parsed = decode_request(body, request.headers.get(HEADER_LENGTH))
         outputs = await host.within_timeout(host.handler.infer(parsed.inputs))
+        batched = frozenset(
+            spec.name for spec in host.handler.tensor_specs()[1] if spec.shape and spec.shape[0] is None
+        )
         payload, headers = encode_response(
-            host.handler.model_name, host.settings.model_version, parsed, outputs
+            host.handler.model_name, host.settings.model_version, parsed, outputs, batched
         )
         return web.Response(body=payload, headers=headers)
+
+    async def config(request: web.Request) -> web.Response:
+        """Triton's model configuration, which tritonclient's `get_model_config` reads (clients
+        size their batches from `max_batch_size` and `dims`)."""
+        check_model(request)
+        await host.wait_ready()
+        batching = host.settings.batching
+        return web.json_response(
+            model_config(
+                host.handler.model_name,
+                host.handler.platform,
+                host.handler.tensor_specs(),
+                batching.max_batch_size if batching is not None else None,
+            )
+        )
+
+    async def model_control(request: web.Request) -> web.Response:
+        raise BadRequestError(
+            f"this host serves {host.handler.model_name!r}, fixed when it started; models cannot be "
+            "loaded or unloaded through it (deploy a new version instead)"
+        )
 
     async def repository_index(request: web.Request) -> web.Response:
         """Triton's repository index: what this host serves, so clients can discover the name."""
@@ -464,3 +492,6 @@ def _add_v2_routes(app: web.Application, host: ScoringHost) -> None:
         router.add_get(prefix, metadata)
         router.add_get(prefix + "/ready", model_ready)
         router.add_post(prefix + "/infer", infer)
+        router.add_get(prefix + "/config", config)
+    router.add_post("/v2/repository/models/{name}/load", model_control)
+    router.add_post("/v2/repository/models/{name}/unload", model_control)

@@ -2,7 +2,9 @@
 
 JSON tensors (`name`, `shape`, `datatype`, `data`) and Triton's binary tensor extension (a JSON
 header of `Inference-Header-Content-Length` bytes followed by raw tensor bytes), which
-`tritonclient[http]` uses by default.
+`tritonclient[http]` uses by default; Triton's classification extension (an output's
+`classification` parameter, `class_count` in tritonclient), so a client asking for the top
+classes gets them rather than the whole tensor with a 200.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,6 +32,8 @@ class InferRequest:
     # requested outputs (name -> binary?) or None for all
     outputs: dict[str, bool] | None
     binary_by_default: bool
+    # output name -> how many top classes to answer instead of the tensor
+    classification: dict[str, int] = field(default_factory=dict)
 
 
 def decode_request(body: bytes, header_length: str | None) -> InferRequest:
@@ -63,6 +67,7 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
         raise BadRequestError(f"{len(binary) - offset} bytes of binary data belong to no input")
     binary_default = _flag(parameters, "binary_data_output", False, "the request")
     outputs = None
+    classification: dict[str, int] = {}
     requested = document.get("outputs")
     if requested is not None and not isinstance(requested, list):
         raise BadRequestError("'outputs' must be a list")
@@ -74,11 +79,17 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
             if item["name"] in outputs:
                 raise BadRequestError(f"output {item['name']!r} is requested twice")
             where = f"output {item['name']!r}"
-            outputs[item["name"]] = _flag(_parameters(item, where), "binary_data", binary_default, where)
+            output_parameters = _parameters(item, where)
+            outputs[item["name"]] = _flag(output_parameters, "binary_data", binary_default, where)
+            count = output_parameters.get("classification")
+            if count is not None:
+                if type(count) is not int or count < 1:
+                    raise BadRequestError(f"{where}: parameter 'classification' must be a positive integer")
+                classification[item["name"]] = count
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequestError("'id' must be a string")
-    return InferRequest(request_id, inputs, outputs, binary_default)
+    return InferRequest(request_id, inputs, outputs, binary_default, classification)
 
 
 def _parameters(document: dict[str, Any], where: str) -> dict[str, Any]:
@@ -211,7 +222,10 @@ def encode_response(
     model_version: str,
     request: InferRequest,
     outputs: dict[str, np.ndarray],
+    batched: frozenset[str] = frozenset(),
 ) -> tuple[bytes, dict[str, str]]:
+    """`batched`: outputs whose first dimension is the batch (the model leaves it free), which
+    classification ranks per batch entry rather than over the whole tensor."""
     if request.outputs is not None:
         missing = [name for name in request.outputs if name not in outputs]
         if missing:
@@ -224,6 +238,9 @@ def encode_response(
     finite = True
     for name, binary in chosen.items():
         array = np.asarray(outputs[name])
+        count = request.classification.get(name)
+        if count is not None:
+            array = classify(array, count, name in batched, name)
         datatype = numpy_to_v2(array.dtype)
         document: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if binary:
@@ -249,6 +266,27 @@ def encode_response(
         "Content-Type": "application/octet-stream",
         HEADER_LENGTH: str(len(header)),
     }
+
+
+def classify(array: np.ndarray, count: int, batched: bool, name: str) -> np.ndarray:
+    """Triton's classification of an output: the `count` highest values as `"<value>:<index>"`
+    strings, highest first, with shape `[batch, count]` for a batched output and `[count]`
+    otherwise. Values are written as C++'s `std::to_string` writes them (six decimals for a
+    float), as Triton does; a count above the number of classes gives them all."""
+    if array.dtype.kind not in "iuf":
+        raise BadRequestError(f"output {name!r}: classification needs numbers, the output is {array.dtype}")
+    rows = array.reshape(array.shape[0], -1) if batched and array.ndim >= 1 else array.reshape(1, -1)
+    take = min(count, rows.shape[1])
+    floats = array.dtype.kind == "f"
+    result = np.empty((rows.shape[0], take), dtype=object)
+    for row_index, row in enumerate(rows):
+        # stable and descending: equal values keep their index order
+        order = np.argsort(-row.astype(np.float64) if floats else -row.astype(object), kind="stable")[:take]
+        for column, index in enumerate(order):
+            value = row[index]
+            text = f"{float(value):f}" if floats else str(int(value))
+            result[row_index, column] = f"{text}:{int(index)}".encode()
+    return result if batched and array.ndim >= 1 else result.reshape(take)
 
 
 def _json_data(array: np.ndarray, datatype: str) -> list[Any]:
@@ -285,3 +323,46 @@ def model_metadata(
 
 def _spec_metadata(spec: TensorSpec) -> dict[str, Any]:
     return {"name": spec.name, "datatype": spec.datatype, "shape": spec.v2_shape()}
+
+
+# Triton's fill-in for a model whose first dimension is free when its configuration names no
+# max_batch_size (its ONNX Runtime backend's `default-max-batch-size`).
+TRITON_DEFAULT_MAX_BATCH_SIZE = 4
+
+
+def model_config(
+    name: str,
+    platform: str,
+    specs: tuple[list[TensorSpec], list[TensorSpec]],
+    max_batch_size: int | None,
+) -> dict[str, Any]:
+    """The model's configuration as Triton writes it for an ONNX model it completed itself.
+
+    A model whose every input and output leaves the first dimension free is a batching model
+    to Triton: `max_batch_size` above 0 and `dims` without the batch dimension (which the
+    metadata's `shape` keeps as -1). `max_batch_size` is the host's dynamic batching size when
+    it batches, else Triton's own fill-in; the host itself takes any number of rows."""
+    inputs, outputs = specs
+    tensors = [*inputs, *outputs]
+    batching = bool(tensors) and all(spec.shape and spec.shape[0] is None for spec in tensors)
+    skip = 1 if batching else 0
+
+    def tensor(spec: TensorSpec) -> dict[str, Any]:
+        return {
+            "name": spec.name,
+            "data_type": "TYPE_STRING" if spec.datatype == "BYTES" else f"TYPE_{spec.datatype}",
+            "dims": spec.v2_shape()[skip:],
+        }
+
+    config: dict[str, Any] = {
+        "name": name,
+        "platform": platform,
+        "backend": "onnxruntime" if platform == "onnxruntime_onnx" else "python",
+        "version_policy": {"latest": {"num_versions": 1}},
+        "max_batch_size": (max_batch_size or TRITON_DEFAULT_MAX_BATCH_SIZE) if batching else 0,
+        "input": [{**tensor(spec), "format": "FORMAT_NONE"} for spec in inputs],
+        "output": [{**tensor(spec), "label_filename": ""} for spec in outputs],
+    }
+    if batching and max_batch_size is not None:
+        config["dynamic_batching"] = {}
+    return config
