@@ -455,6 +455,12 @@ def _add_v2_routes(app: web.Application, host: ScoringHost) -> None:
             )
         )
 
+    async def statistics(request: web.Request) -> web.Response:
+        raise ModelNotFoundError(
+            "Triton's statistics extension is not served here: each worker process publishes its "
+            "request counts and latency histograms on GET /metrics (Prometheus text)"
+        )
+
     async def model_control(request: web.Request) -> web.Response:
         raise BadRequestError(
             f"this host serves {host.handler.model_name!r}, fixed when it started; models cannot be "
@@ -488,10 +494,12 @@ def _add_v2_routes(app: web.Application, host: ScoringHost) -> None:
     router.add_get("/v2", server_metadata)
     router.add_get("/v2/health/live", live)
     router.add_get("/v2/health/ready", ready)
+    router.add_get("/v2/models/stats", statistics)  # before /v2/models/{name} would take it
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         router.add_get(prefix, metadata)
         router.add_get(prefix + "/ready", model_ready)
         router.add_post(prefix + "/infer", infer)
         router.add_get(prefix + "/config", config)
+        router.add_get(prefix + "/stats", statistics)
     router.add_post("/v2/repository/models/{name}/load", model_control)
     router.add_post("/v2/repository/models/{name}/unload", model_control)

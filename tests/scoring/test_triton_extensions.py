@@ -192,3 +192,11 @@ def test_loading_and_unloading_models_is_refused_in_words(cnn):
         with pytest.raises(triton.InferenceServerException, match="models cannot be loaded or unloaded"):
             control("cnn")
     assert client.is_model_ready("cnn")
+
+
+def test_statistics_are_refused_with_where_to_find_them(cnn):
+    client = _client(cnn)
+
+    for ask in (lambda: client.get_inference_statistics("cnn"), client.get_inference_statistics):
+        with pytest.raises(triton.InferenceServerException, match="GET /metrics"):
+            ask()
