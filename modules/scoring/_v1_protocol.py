@@ -79,7 +79,9 @@ def decode_predict(body: bytes, specs: list[TensorSpec]) -> PredictRequest:
 
 def _row_columns(instances: Any, specs: list[TensorSpec]) -> dict[str, list[Any]]:
     """Each input's values across the instances, in order, so stacking them adds the batch axis."""
-    if not isinstance(instances, list) or not instances:
+    if instances == []:
+        raise BadRequestError("'instances' is empty; give one entry per instance")
+    if not isinstance(instances, list):
         raise BadRequestError(
             f"'instances' must be a non-empty array with one entry per instance, got {_kind(instances)}"
         )
