@@ -471,8 +471,9 @@ def _add_v2_routes(app: web.Application, host: ScoringHost) -> None:
         router.add_post(prefix + "/infer", infer)
 
 
-# A model name never holds a colon: `/v1/models/cnn:predict` is the predict verb on `cnn`, and
-# the readiness route must not read it as a model called `cnn:predict`.
+# The name stops at a colon: `/v1/models/cnn:predict` is the predict verb on `cnn`, and the
+# readiness route must not read it as a model called `cnn:predict` (KServe's model names are DNS
+# labels, so a name with a colon in it is out of V1's reach there too).
 _V1_MODEL = "/v1/models/{name:[^/:]+}"
 
 
