@@ -1,8 +1,8 @@
 """The aiohttp application: routes, auth, limits, error mapping and metrics in one place.
 
 Every failure leaves through the middleware as a JSON body with the status that names it
-(`{"message": ...}` on Azure ML's routes, `{"error": ...}` on the v2 routes, as each protocol's
-clients expect), and every request is counted under its route template.
+(`{"message": ...}` on Azure ML's routes, `{"error": ...}` on the KServe V1 and v2 routes, as
+each protocol's clients expect), and every request is counted under its route template.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from ._host import ScoringHost
 from ._openapi import VERSIONS, build_document, unknown_version_message, user_documents
 from ._raw_http import AMLRequest, stream_reply
 from ._settings import ScoringSettings
+from ._v1_protocol import decode_predict, encode_predictions
 from ._v2_protocol import HEADER_LENGTH, decode_request, encode_response, model_config, model_metadata
 
 log = logging.getLogger("modelfleet.scoring")
@@ -47,9 +48,12 @@ _PUBLIC_ROUTES = frozenset(
         "/v2/health/ready",
         "/v2/models/{name}/ready",
         "/v2/models/{name}/versions/{version}/ready",
+        "/v1/models/{name}",
         "/swagger.json",
     }
 )
+# Routes whose errors are KServe's `{"error": ...}` (V1 and v2) rather than Azure ML's.
+_KSERVE_PREFIXES = ("/v1", "/v2")
 # Azure ML's server refuses longer request ids with a 431.
 _REQUEST_ID_LIMIT = 100
 
@@ -170,6 +174,7 @@ def create_app(settings: ScoringSettings) -> web.Application:
     app.on_cleanup.append(on_cleanup)
     _add_azureml_routes(app, host, cors)
     _add_v2_routes(app, host)
+    _add_v1_routes(app, host)
     return app
 
 
@@ -190,10 +195,10 @@ def _middleware(host: ScoringHost, cors: Cors) -> Any:
         resource = request.match_info.route.resource
         if resource is not None:
             route = resource.canonical
-            v2 = route.startswith("/v2")
+            v2 = route.startswith(_KSERVE_PREFIXES)
         else:
             route = "unmatched"
-            v2 = request.path.startswith("/v2")
+            v2 = request.path.startswith(_KSERVE_PREFIXES)
         ids: RequestIds | None = None
         headers = request.headers
         try:
@@ -503,3 +508,41 @@ def _add_v2_routes(app: web.Application, host: ScoringHost) -> None:
         router.add_get(prefix + "/stats", statistics)
     router.add_post("/v2/repository/models/{name}/load", model_control)
     router.add_post("/v2/repository/models/{name}/unload", model_control)
+
+
+# The name stops at a colon: `/v1/models/cnn:predict` is the predict verb on `cnn`, and the
+# readiness route must not read it as a model called `cnn:predict` (KServe's model names are DNS
+# labels, so a name with a colon in it is out of V1's reach there too).
+_V1_MODEL = "/v1/models/{name:[^/:]+}"
+
+
+def _add_v1_routes(app: web.Application, host: ScoringHost) -> None:
+    """KServe's V1 protocol, which `kserve.InferenceRESTClient` speaks unless told otherwise."""
+
+    def check_model(request: web.Request) -> None:
+        name = request.match_info["name"]
+        if name != host.handler.model_name:
+            raise ModelNotFoundError(f"unknown model {name!r}; this host serves {host.handler.model_name!r}")
+
+    async def models(_: web.Request) -> web.Response:
+        return web.json_response({"models": [host.handler.model_name]})
+
+    async def model_ready(request: web.Request) -> web.Response:
+        check_model(request)
+        return web.json_response(
+            {"name": host.handler.model_name, "ready": host.ready},
+            status=200 if host.ready else 503,
+        )
+
+    async def predict(request: web.Request) -> web.Response:
+        check_model(request)
+        body = await _read_body(request, host)
+        await host.wait_ready()
+        parsed = decode_predict(body, host.handler.tensor_specs()[0])
+        outputs = await host.within_timeout(host.handler.infer(parsed.inputs))
+        return web.Response(body=encode_predictions(parsed, outputs), content_type="application/json")
+
+    router = app.router
+    router.add_get("/v1/models", models)
+    router.add_get(_V1_MODEL, model_ready)
+    router.add_post(_V1_MODEL + ":predict", predict)
