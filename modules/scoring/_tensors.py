@@ -90,23 +90,49 @@ def to_array(value: Any, dtype: Any, field: str) -> np.ndarray:
         return array
     try:
         array = np.asarray(value)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise BadRequestError(f"field {field!r}: not a rectangular array ({_short(exc)})") from None
+    target = np.dtype(dtype)
     if array.dtype == object:
+        if target.kind in "iuf" and array.size and all(type(item) is int for item in array.reshape(-1)):
+            raise BadRequestError(f"field {field!r}: a value is out of range for {target.name}")
         raise BadRequestError(f"field {field!r}: not a rectangular array of numbers")
     if array.dtype.kind in ("U", "S"):
-        raise BadRequestError(f"field {field!r}: expected {np.dtype(dtype).name} numbers, got strings")
-    target = np.dtype(dtype)
+        raise BadRequestError(f"field {field!r}: expected {target.name} numbers, got strings")
     if (target.kind in "iu" and array.dtype.kind == "f") and (
         not np.all(np.isfinite(array)) or not np.all(np.mod(array, 1) == 0)
     ):
         raise BadRequestError(f"field {field!r}: expected {target.name} integers, got fractional numbers")
     if target.kind == "b" and array.dtype.kind != "b":
         raise BadRequestError(f"field {field!r}: expected booleans, got {array.dtype.name} values")
+    _check_range(array, target, field)
     try:
         return array.astype(target, copy=False)
     except (ValueError, TypeError, OverflowError) as exc:
         raise BadRequestError(f"field {field!r}: cannot convert to {target.name}: {exc}") from None
+
+
+def _check_range(array: np.ndarray, target: np.dtype, field: str) -> None:
+    """Numbers the target type cannot hold are refused: numpy would make 300 a UINT8 44 and 1e10
+    an FP16 infinity without a word, a wrong answer with a 200."""
+    if not array.size or array.dtype.kind not in "iuf":
+        return
+    if target.kind in "iu":
+        limits = np.iinfo(target)
+        # As Python numbers: comparing numpy integers of other widths may overflow.
+        convert = float if array.dtype.kind == "f" else int
+        if convert(array.min()) < limits.min or convert(array.max()) > limits.max:
+            raise BadRequestError(
+                f"field {field!r}: a value is out of range for {target.name} ({limits.min}..{limits.max})"
+            )
+    elif target.kind == "f" and (array.dtype.kind != "f" or array.dtype.itemsize > target.itemsize):
+        with np.errstate(over="ignore"):
+            overflowed = np.isinf(array.astype(target)) & np.isfinite(array)
+        if overflowed.any():
+            raise BadRequestError(
+                f"field {field!r}: a value is out of range for {target.name} "
+                f"(largest {float(np.finfo(target).max):g})"
+            )
 
 
 def _short(exc: Exception) -> str:

@@ -131,26 +131,6 @@ def _tensor(value: Any, spec: TensorSpec | None, field: str) -> np.ndarray:
 
 
 def _numbers(value: Any, target: np.dtype, field: str) -> np.ndarray:
-    """`to_array`, after refusing integers the target type cannot hold: numpy would wrap 300 into
-    a UINT8 44 without a word, a wrong answer with a 200."""
-    if target.kind in "iu":
-        try:
-            array = np.asarray(value)
-        except (ValueError, OverflowError):
-            array = None  # to_array says why in its own words
-        if array is not None and array.size:
-            if array.dtype.kind == "O" and all(type(item) is int for item in array.reshape(-1)):
-                raise BadRequestError(f"field {field!r}: a value is out of range for {target.name}")
-            if array.dtype.kind in "iuf" and np.all(np.isfinite(array)):
-                limits = np.iinfo(target)
-                # As Python numbers: comparing numpy integers of other widths may overflow.
-                convert = float if array.dtype.kind == "f" else int
-                if convert(array.min()) < limits.min or convert(array.max()) > limits.max:
-                    raise BadRequestError(
-                        f"field {field!r}: a value is out of range for {target.name} "
-                        f"({limits.min}..{limits.max})"
-                    )
-            value = array
     return to_array(value, target, field)
 
 

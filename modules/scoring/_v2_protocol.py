@@ -178,8 +178,19 @@ def _json_elements(data: Any, dtype: Any, datatype: str, name: str) -> np.ndarra
                 raise BadRequestError(
                     f"input {name!r}: a value is out of range for {datatype} ({limits.min}..{limits.max})"
                 )
-    elif target.kind == "f" and array.dtype.kind not in "biuf":
-        raise BadRequestError(f"input {name!r}: {datatype} data must be numbers")
+    elif target.kind == "f":
+        if array.dtype.kind not in "biuf":
+            raise BadRequestError(f"input {name!r}: {datatype} data must be numbers")
+        if array.size and (array.dtype.kind != "f" or array.dtype.itemsize > target.itemsize):
+            with np.errstate(over="ignore"):
+                narrowed = array.astype(target)
+            # 1e10 would become an FP16 infinity without a word
+            if (np.isinf(narrowed) & np.isfinite(array)).any():
+                raise BadRequestError(
+                    f"input {name!r}: a value is out of range for {datatype} "
+                    f"(largest {float(np.finfo(target).max):g})"
+                )
+            return narrowed.reshape(-1)
     return array.astype(target, copy=False).reshape(-1)
 
 

@@ -153,6 +153,25 @@ def test_out_of_range_integers_are_refused_not_wrapped() -> None:
     assert decode_request(json.dumps(body).encode(), None).inputs["x"].tolist() == [0, 255]
 
 
+@pytest.mark.parametrize(
+    ("datatype", "data", "allowed"),
+    [("FP16", [1e10], [65504.0, -2.5]), ("FP32", [1e39], [3.0e38]), ("FP16", [70000], [65504])],
+)
+def test_floats_a_datatype_cannot_hold_are_refused_not_made_infinite(datatype, data, allowed) -> None:
+    from modules.scoring._errors import BadRequestError
+    from modules.scoring._v2_protocol import decode_request
+
+    body = {"inputs": [{"name": "x", "shape": [len(data)], "datatype": datatype, "data": data}]}
+    with pytest.raises(BadRequestError, match=f"out of range for {datatype}"):
+        decode_request(json.dumps(body).encode(), None)
+    body["inputs"][0].update(shape=[len(allowed)], data=allowed)
+    decoded = decode_request(json.dumps(body).encode(), None).inputs["x"]
+    assert decoded.tolist() == pytest.approx(allowed, rel=1e-6)
+    # NaN and infinities sent as such stay what they are
+    body["inputs"][0].update(shape=[1], data=[float("inf")])
+    assert decode_request(json.dumps(body).encode(), None).inputs["x"].tolist() == [float("inf")]
+
+
 def test_empty_outputs_list_returns_every_output(serve_host) -> None:
     host = serve_host(model_dir=IRIS_DIR)
     host.wait_loaded()

@@ -74,3 +74,59 @@ def test_no_or_several_onnx_files_is_a_clear_error(tmp_path):
     (tmp_path / "b.onnx").write_bytes(b"x")
     with pytest.raises(ConfigError, match=r"several .onnx files .*a.onnx, b.onnx"):
         find_onnx_model(tmp_path)
+
+
+def _identity_model(folder, element_type):
+    """`x` -> `y` unchanged, of one element type, any length."""
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", element_type, ["N"])],
+        [helper.make_tensor_value_info("y", element_type, ["N"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 9
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, folder / "identity.onnx")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("element", "values", "message"),
+    [
+        ("UINT8", [1, 300], "a value is out of range for uint8 (0..255)"),
+        ("UINT8", [-1, 2], "a value is out of range for uint8 (0..255)"),
+        ("INT32", [2**40], "a value is out of range for int32"),
+        ("INT64", [2**70], "a value is out of range for int64"),
+        ("FLOAT16", [1.0, 1e10], "a value is out of range for float16 (largest 65504)"),
+        ("FLOAT", [1e39], "a value is out of range for float32"),
+    ],
+)
+def test_numbers_a_type_cannot_hold_are_a_400_not_a_wrapped_answer(
+    serve_host, tmp_path, element, values, message
+):
+    from onnx import TensorProto
+
+    host = serve_host(model_dir=_identity_model(tmp_path / "m", getattr(TensorProto, element)))
+    host.wait_loaded()
+
+    reply = requests.post(f"{host.url}/score", json={"x": values}, timeout=30)
+
+    assert reply.status_code == 400, reply.text
+    assert message in reply.json()["message"]
+
+
+def test_numbers_at_the_edges_of_a_type_pass_unchanged(serve_host, tmp_path):
+    from onnx import TensorProto
+
+    host = serve_host(model_dir=_identity_model(tmp_path / "u8", TensorProto.UINT8))
+    host.wait_loaded()
+    assert requests.post(f"{host.url}/score", json={"x": [0, 255]}, timeout=30).json() == {"y": [0, 255]}
+    half = serve_host(model_dir=_identity_model(tmp_path / "f16", TensorProto.FLOAT16))
+    half.wait_loaded()
+    assert requests.post(f"{half.url}/score", json={"x": [65504.0, -2.5]}, timeout=30).json() == {
+        "y": [65504.0, -2.5]
+    }
