@@ -65,6 +65,8 @@ class EntryScriptHandler(Handler):
         models_root = self.settings.models_root or self.settings.model_dir
         os.environ[MODELS_ROOT_ENV] = str(models_root.resolve())
         assert self.settings.entry_script is not None
+        # as Azure ML's server sets it, for scripts that find their own files from it
+        os.environ["AZUREML_ENTRY_SCRIPT"] = os.path.realpath(self.settings.entry_script)
         module = load_script(self.settings.entry_script)
         if _script_json.accelerate(module):
             log.info(

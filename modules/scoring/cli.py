@@ -26,8 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve an entry script (init()/run()) or a bare ONNX model over HTTP.",
     )
     source = parser.add_argument_group("what to serve")
-    source.add_argument("--entry-script", type=Path, help="score.py with init() and run()")
-    source.add_argument("--model-dir", type=Path, help="folder with the model files")
+    # Azure's azmlinfsrv spells these --entry_script and --model_dir: its commands work as written.
+    source.add_argument("--entry-script", "--entry_script", type=Path, help="score.py with init() and run()")
+    source.add_argument(
+        "--model-dir",
+        "--model_dir",
+        type=Path,
+        help="folder with the model files (default: $AZUREML_MODEL_DIR, as azmlinfsrv reads it)",
+    )
     source.add_argument("--module", help="NAME[:VERSION] of a published module")
     source.add_argument("--model-name", help="name on the v2 routes (default: from the folder)")
     parser.add_argument("--host", default="127.0.0.1")
@@ -74,8 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> ScoringSettings:
+    if args.model_dir is None and os.environ.get("AZUREML_MODEL_DIR"):
+        args.model_dir = Path(os.environ["AZUREML_MODEL_DIR"])
     if args.model_dir is None:
-        raise ConfigError("--model-dir is required")
+        raise ConfigError("--model-dir is required (or AZUREML_MODEL_DIR, as for azmlinfsrv)")
     if not args.model_dir.is_dir():
         raise ConfigError(f"model folder {args.model_dir} does not exist")
     if args.entry_script is not None and not args.entry_script.is_file():

@@ -145,3 +145,41 @@ def test_inline_threshold_flag_reaches_the_settings():
     assert settings().inline_below_ms == 1.0
     assert settings("--inline-below-ms", "0").inline_below_ms == 0
     assert settings("--inline-below-ms", "2.5").inline_below_ms == 2.5
+
+
+def test_azmlinfsrv_spellings_and_its_model_dir_variable_are_taken(monkeypatch):
+    from modules._errors import ConfigError
+    from modules.scoring.cli import build_parser, settings_from_args
+
+    def settings(*argv: str):
+        return settings_from_args(build_parser().parse_args(list(argv)))
+
+    azure_style = settings("--entry_script", str(IRIS_SCRIPT), "--model_dir", str(IRIS_DIR))
+    assert (azure_style.entry_script, azure_style.model_dir) == (IRIS_SCRIPT, IRIS_DIR)
+
+    monkeypatch.delenv("AZUREML_MODEL_DIR", raising=False)
+    with pytest.raises(ConfigError, match="--model-dir is required \\(or AZUREML_MODEL_DIR"):
+        settings("--entry-script", str(IRIS_SCRIPT))
+    monkeypatch.setenv("AZUREML_MODEL_DIR", str(IRIS_DIR))
+    assert settings("--entry-script", str(IRIS_SCRIPT)).model_dir == IRIS_DIR
+    # an explicit folder wins over the variable
+    assert settings("--entry-script", str(IRIS_SCRIPT), "--model-dir", str(ROOT / "examples")).model_dir == (
+        ROOT / "examples"
+    )
+
+
+def test_an_entry_script_sees_azureml_entry_script_and_imports_modules_beside_it(serve_host, tmp_path):
+    (tmp_path / "beside.py").write_text("WORD = 'beside'\n")
+    script = tmp_path / "where.py"
+    script.write_text(
+        "import os\n"
+        "from beside import WORD\n"
+        "def init():\n    pass\n"
+        "def run(raw):\n    return {'entry': os.environ.get('AZUREML_ENTRY_SCRIPT'), 'word': WORD}\n"
+    )
+    host = serve_host(model_dir=IRIS_DIR, entry_script=script)
+    host.wait_loaded()
+
+    reply = requests.post(f"{host.url}/score", json={}, timeout=30)
+
+    assert reply.json() == {"entry": os.path.realpath(script), "word": "beside"}
