@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--processes",
+        "--worker_count",
         type=int,
         help=f"worker processes sharing the port, each running init() (default: CPUs, here {cpu_count()})",
     )
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--cors-origins",
+        "--access_control_allow_origins",
         default="",
         help="comma-separated origins browsers may call from, or * (Azure ML's "
         "--access_control_allow_origins); preflights are answered on every route",

@@ -156,6 +156,15 @@ def test_azmlinfsrv_spellings_and_its_model_dir_variable_are_taken(monkeypatch):
 
     azure_style = settings("--entry_script", str(IRIS_SCRIPT), "--model_dir", str(IRIS_DIR))
     assert (azure_style.entry_script, azure_style.model_dir) == (IRIS_SCRIPT, IRIS_DIR)
+    more = settings(
+        "--model_dir",
+        str(IRIS_DIR),
+        "--worker_count",
+        "3",
+        "--access_control_allow_origins",
+        "https://a.example",
+    )
+    assert (more.processes, more.cors_origins) == (3, ["https://a.example"])
 
     monkeypatch.delenv("AZUREML_MODEL_DIR", raising=False)
     with pytest.raises(ConfigError, match="--model-dir is required \\(or AZUREML_MODEL_DIR"):
