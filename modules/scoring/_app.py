@@ -7,13 +7,15 @@ each protocol's clients expect), and every request is counted under its route te
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
 import os
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.web_response import ContentCoding
@@ -36,6 +38,7 @@ from ._v1_protocol import decode_predict, encode_predictions
 from ._v2_protocol import HEADER_LENGTH, decode_request, encode_response, model_config, model_metadata
 
 log = logging.getLogger("modelfleet.scoring")
+T = TypeVar("T")
 
 HOST_KEY = web.AppKey("scoring_host", ScoringHost)
 # Probes must work without a key: the agent checks health, it does not score; and Triton's and
@@ -382,6 +385,18 @@ def _add_azureml_routes(app: web.Application, host: ScoringHost, cors: Cors) -> 
     app.router.add_get("/metrics", metrics)
 
 
+# Parsing a large JSON tensor holds the loop for tens of milliseconds: above this it is done on
+# an inference thread, so health probes and other clients are answered meanwhile (as zero-code
+# /score does).
+_INLINE_DECODE_BYTES = 256 * 1024
+
+
+async def _off_loop_when_large(host: ScoringHost, body: bytes, decode: Callable[..., T], *args: Any) -> T:
+    if len(body) <= _INLINE_DECODE_BYTES:
+        return decode(*args)
+    return await asyncio.get_running_loop().run_in_executor(host.handler.executor, decode, *args)
+
+
 def _add_v2_routes(app: web.Application, host: ScoringHost) -> None:
     def check_model(request: web.Request) -> None:
         name = request.match_info["name"]
@@ -435,7 +450,9 @@ def _add_v2_routes(app: web.Application, host: ScoringHost) -> None:
         check_model(request)
         body = await _read_body(request, host)
         await host.wait_ready()
-        parsed = decode_request(body, request.headers.get(HEADER_LENGTH))
+        parsed = await _off_loop_when_large(
+            host, body, decode_request, body, request.headers.get(HEADER_LENGTH)
+        )
         outputs = await host.within_timeout(host.handler.infer(parsed.inputs))
         batched = frozenset(
             spec.name for spec in host.handler.tensor_specs()[1] if spec.shape and spec.shape[0] is None
@@ -538,7 +555,7 @@ def _add_v1_routes(app: web.Application, host: ScoringHost) -> None:
         check_model(request)
         body = await _read_body(request, host)
         await host.wait_ready()
-        parsed = decode_predict(body, host.handler.tensor_specs()[0])
+        parsed = await _off_loop_when_large(host, body, decode_predict, body, host.handler.tensor_specs()[0])
         outputs = await host.within_timeout(host.handler.infer(parsed.inputs))
         return web.Response(body=encode_predictions(parsed, outputs), content_type="application/json")
 

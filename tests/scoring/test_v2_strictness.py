@@ -178,3 +178,34 @@ def test_empty_outputs_list_returns_every_output(serve_host) -> None:
     response = _infer(host, {"inputs": [GOOD], "outputs": []})
     assert response.status_code == 200, response.text
     assert {output["name"] for output in response.json()["outputs"]} == {"label", "probabilities"}
+
+
+def test_a_large_request_is_parsed_off_the_event_loop_and_a_small_one_on_it(serve_host, monkeypatch) -> None:
+    import threading
+
+    from modules.scoring import _app
+
+    threads: list[str] = []
+    real = _app.decode_request
+
+    def recording(*args):
+        threads.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(_app, "decode_request", recording)
+    host = serve_host(model_dir=IRIS_DIR)
+    host.wait_loaded()
+    rows = 20_000  # about 0.5 MB of JSON
+    small = {"inputs": [GOOD]}
+    large = {
+        "inputs": [
+            {"name": "input", "shape": [rows, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2] * rows}
+        ]
+    }
+
+    assert _infer(host, small).status_code == 200
+    assert _infer(host, large).status_code == 200
+    loop_thread = host._thread.name
+
+    assert threads[0] == loop_thread
+    assert threads[1] != loop_thread
