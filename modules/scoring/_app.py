@@ -397,14 +397,25 @@ async def _off_loop_when_large(host: ScoringHost, body: bytes, decode: Callable[
     return await asyncio.get_running_loop().run_in_executor(host.handler.executor, decode, *args)
 
 
+def _check_model(host: ScoringHost, request: web.Request) -> None:
+    """The model (and version) a KServe V1 or v2 route names must be the one this host serves."""
+    name = request.match_info["name"]
+    if name != host.handler.model_name:
+        raise ModelNotFoundError(f"unknown model {name!r}; this host serves {host.handler.model_name!r}")
+    version = request.match_info.get("version")
+    if version is not None and version != host.settings.model_version:
+        raise ModelNotFoundError(f"unknown version {version!r} of model {name!r}")
+
+
+def _model_readiness(host: ScoringHost) -> web.Response:
+    return web.json_response(
+        {"name": host.handler.model_name, "ready": host.ready}, status=200 if host.ready else 503
+    )
+
+
 def _add_v2_routes(app: web.Application, host: ScoringHost) -> None:
     def check_model(request: web.Request) -> None:
-        name = request.match_info["name"]
-        if name != host.handler.model_name:
-            raise ModelNotFoundError(f"unknown model {name!r}; this host serves {host.handler.model_name!r}")
-        version = request.match_info.get("version")
-        if version is not None and version != host.settings.model_version:
-            raise ModelNotFoundError(f"unknown version {version!r} of model {name!r}")
+        _check_model(host, request)
 
     async def server_metadata(_: web.Request) -> web.Response:
         from importlib.metadata import PackageNotFoundError, version
@@ -429,10 +440,7 @@ def _add_v2_routes(app: web.Application, host: ScoringHost) -> None:
 
     async def model_ready(request: web.Request) -> web.Response:
         check_model(request)
-        return web.json_response(
-            {"name": host.handler.model_name, "ready": host.ready},
-            status=200 if host.ready else 503,
-        )
+        return _model_readiness(host)
 
     async def metadata(request: web.Request) -> web.Response:
         check_model(request)
@@ -537,19 +545,14 @@ def _add_v1_routes(app: web.Application, host: ScoringHost) -> None:
     """KServe's V1 protocol, which `kserve.InferenceRESTClient` speaks unless told otherwise."""
 
     def check_model(request: web.Request) -> None:
-        name = request.match_info["name"]
-        if name != host.handler.model_name:
-            raise ModelNotFoundError(f"unknown model {name!r}; this host serves {host.handler.model_name!r}")
+        _check_model(host, request)
 
     async def models(_: web.Request) -> web.Response:
         return web.json_response({"models": [host.handler.model_name]})
 
     async def model_ready(request: web.Request) -> web.Response:
         check_model(request)
-        return web.json_response(
-            {"name": host.handler.model_name, "ready": host.ready},
-            status=200 if host.ready else 503,
-        )
+        return _model_readiness(host)
 
     async def predict(request: web.Request) -> web.Response:
         check_model(request)
