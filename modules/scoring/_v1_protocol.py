@@ -127,11 +127,7 @@ def _tensor(value: Any, spec: TensorSpec | None, field: str) -> np.ndarray:
         return _inferred(value, field)
     if spec.datatype == "BYTES":
         return _strings(value, field)
-    return _numbers(value, np.dtype(spec.numpy_dtype), field)
-
-
-def _numbers(value: Any, target: np.dtype, field: str) -> np.ndarray:
-    return to_array(value, target, field)
+    return to_array(value, np.dtype(spec.numpy_dtype), field)  # out-of-range numbers refused there
 
 
 def _strings(value: Any, field: str) -> np.ndarray:
