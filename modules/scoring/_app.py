@@ -462,8 +462,12 @@ def _add_v2_routes(app: web.Application, host: ScoringHost) -> None:
             host, body, decode_request, body, request.headers.get(HEADER_LENGTH)
         )
         outputs = await host.within_timeout(host.handler.infer(parsed.inputs))
-        batched = frozenset(
-            spec.name for spec in host.handler.tensor_specs()[1] if spec.shape and spec.shape[0] is None
+        batched = (
+            frozenset(
+                spec.name for spec in host.handler.tensor_specs()[1] if spec.shape and spec.shape[0] is None
+            )
+            if parsed.classification
+            else frozenset()
         )
         payload, headers = encode_response(
             host.handler.model_name, host.settings.model_version, parsed, outputs, batched
