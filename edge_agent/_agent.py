@@ -35,16 +35,16 @@ import shutil
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import ValidationError
 
 from edge_agent._config import AgentConfig
 from edge_agent._control_plane import default_transport
 from edge_agent._device_info import device_info
-from edge_agent._executor import Executor, RegistryFactory, twin_dir
 from edge_agent._heartbeat import Heartbeat
 from edge_agent._intake import Accepted, Cleared, Deleted, Intake, Refused, Unchanged
+from edge_agent._leftovers import twin_dir
 from edge_agent._methods import DirectMethods
 from edge_agent._module_runtime import ModuleRuntime
 from edge_agent._plan_runner import Applied, Failed, Outcome, PlanRunner, Removed
@@ -58,27 +58,25 @@ from edge_agent._planner import (
     desired_modules,
     plan,
 )
-from edge_agent._runtime import ProcessRuntime
+from edge_agent._runtime_on_first_use import RuntimeOnFirstUse
 from edge_agent._sealed_keys import KeysChanged, KeysCleared, KeysRefused, SealedKeys
 from edge_agent._state import Failure, InstanceRecord, PersistedState, StateFile, StateWriter
 from edge_agent._status_book import Clock, StatusBook, judge_deployments, now
 from edge_agent._status_endpoint import StatusEndpoint
-from edge_agent._store import ArtifactStore
 from modules import ConfigError
-from modules.deployment import (
-    DeploymentDocument,
-    DeviceFacts,
-    Selection,
-    document_identity,
-    select_deployments,
-)
+from modules.deployment import DeviceFacts, Selection, document_identity
 from modules.device_state import ModuleState, Presence, ReportedState
-from modules.scoring import twin
 from modules.service_keys import DEVICE_KEY_FILE, open_device_key
 from modules.signing import load_public_key
 from modules.tasks import cancel_within
 from modules.topics import FleetTopics
 from modules.transport import Message, Transport, TransportConnectError, TransportError
+
+if TYPE_CHECKING:  # the documents' models load with the first document, not before
+    from edge_agent._executor import RegistryFactory
+    from edge_agent._store import ArtifactStore
+    from modules.deployment import DeploymentDocument
+    from modules.scoring import twin
 
 log = logging.getLogger("modelfleet.agent")
 _STOP_GRACE_S = 10.0
@@ -88,6 +86,18 @@ _REPORT_COALESCE_S = 0.1
 # that finishes quickly is one report instead of three, which a fleet of thousands on one broker
 # notices; a slow download still shows as `downloading` after this long.
 _REPORT_HOLD_S = 1.0
+
+
+def _default_runtime(config: AgentConfig, registry: RegistryFactory | None) -> ModuleRuntime:
+    """Modules from the artifact store, run as supervised processes behind front proxies."""
+    from edge_agent._executor import Executor
+    from edge_agent._runtime import ProcessRuntime
+    from edge_agent._store import ArtifactStore
+
+    data = config.data_dir
+    store = ArtifactStore(data / "store", reserve_bytes=config.reserve_bytes)
+    processes = ProcessRuntime(data / "runtime", module_limits=config.module_limits)
+    return Executor(config, store, processes, registry)
 
 
 class Agent:
@@ -129,9 +139,7 @@ class Agent:
         )
         self.book = StatusBook(self.device_id, config.fleet, config.tags, self._want_report, self.clock)
         if runtime is None:
-            store = ArtifactStore(data / "store", reserve_bytes=config.reserve_bytes)
-            processes = ProcessRuntime(data / "runtime", module_limits=config.module_limits)
-            runtime = Executor(config, store, processes, registry)
+            runtime = RuntimeOnFirstUse(lambda: _default_runtime(config, registry), data)
         self.runtime: ModuleRuntime = runtime
         self.runtime.bind(self._on_module_state, self.keys.keys_for, self._on_download)
         outcomes_first = cast(ModuleRuntime, _OutcomesFirst(self.runtime, self._write_outcomes))
@@ -196,9 +204,12 @@ class Agent:
 
     @property
     def store(self) -> ArtifactStore:
-        if not isinstance(self.runtime, Executor):
+        from edge_agent._executor import Executor
+
+        runtime = self.runtime.real() if isinstance(self.runtime, RuntimeOnFirstUse) else self.runtime
+        if not isinstance(runtime, Executor):
             raise AttributeError("this agent's runtime keeps no artifact store")
-        return self.runtime.store
+        return runtime.store
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -432,6 +443,8 @@ class Agent:
                 if known is not None and known[0] is raw:
                     doc = known[1]
                 else:
+                    from modules.deployment import DeploymentDocument  # with the first document
+
                     try:
                         doc = DeploymentDocument.model_validate(raw)
                     except ValidationError:
@@ -445,7 +458,12 @@ class Agent:
         """One pass: selection over the accepted documents, a plan, its outcomes, the verdicts."""
         docs = self._documents()
         facts = DeviceFacts(self.device_id, tags=self.config.tags)
-        selection = select_deployments(facts, [doc for doc, _ in docs.values()])
+        if docs:
+            from modules.deployment import select_deployments
+
+            selection = select_deployments(facts, [doc for doc, _ in docs.values()])
+        else:  # nothing received yet: nothing selected, and no document's models loaded
+            selection = Selection(None)
         owners = {
             module_name: ref.name
             for ref in selection.applied
@@ -553,6 +571,8 @@ class Agent:
         }
         if not folders:
             return
+        from modules.scoring import twin  # with the first module
+
         seen = dict(self._reported_seen)
         results = await asyncio.to_thread(_read_reported, folders, seen)
         for name, (key, result) in results.items():
@@ -746,6 +766,8 @@ class _OutcomesFirst:
 
 def _write_twins(wanted: dict[Path, dict[str, Any]]) -> list[Path]:
     """The folders whose desired file now holds what was wanted."""
+    from modules.scoring import twin  # with the first module
+
     written: list[Path] = []
     for folder, properties in wanted.items():
         try:
@@ -786,6 +808,8 @@ def _read_reported(
     folders: dict[str, Path], seen: dict[str, _FileKey | None]
 ) -> dict[str, tuple[_FileKey | None, dict[str, Any] | twin.ReportedRefused | None]]:
     """module -> (what identifies its file now, its properties or why not), for changed files only."""
+    from modules.scoring import twin
+
     out: dict[str, tuple[_FileKey | None, dict[str, Any] | twin.ReportedRefused | None]] = {}
     for name, folder in folders.items():
         key = twin.reported_key(folder)

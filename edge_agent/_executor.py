@@ -14,16 +14,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import re
 import socket
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent._config import AgentConfig
 from edge_agent._device_info import execution_providers
+from edge_agent._leftovers import twin_dir
 from edge_agent._module_runtime import KeysLookup, ProgressListener, StateListener
 from edge_agent._planner import ActualModule, DesiredModule, Remove, Replace, Start
 from edge_agent._runtime import Backoff, FrontProxy, InstanceConfig, ProcessRuntime, Supervisor
@@ -42,17 +41,6 @@ if TYPE_CHECKING:
     from edge_agent._runtime._docker_modules import ContainerModules
 
 log = logging.getLogger(__name__)
-
-
-_FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-def twin_dir(data_dir: Path, module: str) -> Path | None:
-    """The folder of a module's twin (`modules.scoring.twin`): `<data_dir>/runtime/twins/<module>`;
-    None for a module name that is no safe folder name (that module gets no twin)."""
-    if not _FOLDER_NAME.match(module) or module.strip(".") == "":
-        return None
-    return data_dir / "runtime" / "twins" / module
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 
 import aiohttp
 
-from edge_agent._inference_stats import scrape
 from edge_agent._module_runtime import KeysLookup, ModuleRuntime
 from edge_agent._status_book import StatusBook
 from modules.device_state import Presence
@@ -76,6 +75,8 @@ class Heartbeat:
                 await session.close()
 
     async def collect_inference_stats(self, session: aiohttp.ClientSession) -> None:
+        from edge_agent._inference_stats import scrape  # with the first module
+
         for name, record in list(self.runtime.serving().items()):
             keys = self.keys_for(record.deployment) if record.desired.auth_required else None
             stats = await scrape(

@@ -24,14 +24,13 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
 from edge_agent._config import DEFAULT_DENIED_ENV
 from modules.deployment import (
-    DeploymentDocument,
     DeploymentError,
     Tombstone,
     document_identity,
@@ -40,6 +39,9 @@ from modules.deployment import (
 )
 from modules.safe_json import DEFAULT_MAX_PAYLOAD_BYTES, PayloadRefused, loads_limited
 from modules.topics import FleetTopics
+
+if TYPE_CHECKING:  # loaded with the first document, not before
+    from modules.deployment import DeploymentDocument
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,8 @@ class Intake:
             except ValidationError as exc:
                 return _Checked(refused=Refused(f"malformed deletion: {_first_error(exc)}", name, version))
             return _Checked(raw=raw, key_id=key_id, tombstone=tombstone)
+        from modules.deployment import DeploymentDocument
+
         try:
             doc = DeploymentDocument.model_validate(raw)
         except ValidationError as exc:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from edge_agent._module_runtime import ModuleRuntime
 from edge_agent._planner import Command, Replace, Start
 from edge_agent._state import InstanceRecord
-from edge_agent._store import InsufficientDiskError
 from modules import DigestMismatchError, ModelfleetError, RegistryUnreachableError
 
 log = logging.getLogger("modelfleet.agent")
@@ -100,6 +99,10 @@ def is_transient(exc: BaseException) -> bool:
     was damaged on the way is fetched again. `init()` raising or a spec that does not validate
     will fail the same way every time. A runtime of its own (the simulator's) marks an error
     class `transient = True` to be classified the same way."""
-    if isinstance(exc, RegistryUnreachableError | DigestMismatchError | InsufficientDiskError):
+    if isinstance(exc, RegistryUnreachableError | DigestMismatchError):
+        return True
+    from edge_agent._store import InsufficientDiskError  # loaded with the first module
+
+    if isinstance(exc, InsufficientDiskError):
         return True
     return getattr(type(exc), "transient", False) is True

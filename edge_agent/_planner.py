@@ -11,16 +11,9 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from modules.deployment import (
-    DEFAULT_RESTART_POLICY,
-    STARTUP_ORDER_MAX,
-    DockerModule,
-    Manifest,
-    ModelfleetModule,
-    RestartPolicy,
-)
+from modules.deployment import DEFAULT_RESTART_POLICY, STARTUP_ORDER_MAX, RestartPolicy
 from modules.deployment.containers import (
     GpuRequest,
     ImagePullPolicy,
@@ -28,6 +21,9 @@ from modules.deployment.containers import (
     image_settings,
     parse_image_reference,
 )
+
+if TYPE_CHECKING:  # the manifest's models: only a manifest brings them
+    from modules.deployment import DockerModule, Manifest, ModelfleetModule
 
 
 @dataclass(frozen=True)
@@ -140,6 +136,8 @@ def desired_modules(
     """The modules this agent runs from an effective manifest; others are reported, not run."""
     if manifest is None:
         return {}, []
+    from modules.deployment import DockerModule  # loaded with the first manifest
+
     out: dict[str, DesiredModule] = {}
     unsupported: list[Unsupported] = []
     for name, module in sorted(manifest.modules.items()):

@@ -15,16 +15,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
 from modules import ModelfleetError
 from modules.deployment import DeploymentError, Tombstone, is_tombstone, verify_document
-from modules.deployment.registry_secrets import DeploymentSecrets, open_secrets
 from modules.safe_json import DEFAULT_MAX_PAYLOAD_BYTES, PayloadRefused, loads_limited
 from modules.service_keys import DeviceKey, ServiceKeys
+
+if TYPE_CHECKING:
+    from modules.deployment.registry_secrets import DeploymentSecrets
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,8 @@ class SealedKeys:
 
     def _open(self, name: str, wire: dict[str, Any]) -> str | None:
         """Open a sealed keys document into memory; the reason when it cannot be used."""
+        from modules.deployment.registry_secrets import open_secrets  # with the first sealed box
+
         try:
             doc, keys = open_secrets(
                 wire, self.device_key.private(), self.trusted, fleet=self.fleet, device=self.device_id

@@ -13,10 +13,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from modules.model_config import ModelFile, safe_relative_path
+from modules.names import NAME_PATTERN as NAME_PATTERN
 
 MODULE_REPOSITORY_PREFIX = "modules/"
 ExecutionProvider = Literal["tensorrt", "cuda", "rocm", "openvino", "dml", "coreml", "cpu"]
-NAME_PATTERN = r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$"
 
 
 class ModelRef(BaseModel):

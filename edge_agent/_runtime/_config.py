@@ -8,19 +8,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from edge_agent._leftovers import containers_dir as containers_dir  # where the agent's start looks too
 from modules.artifact import model_dir_for, served_model_name
 from modules.scoring import ScoringSettings
 from modules.spec import ModuleSpec
 
 # What the scoring host understands; the spec allows more (rocm, dml, coreml) for other runtimes.
 _HOST_PROVIDERS = ("cuda", "tensorrt", "openvino", "cpu")
-
-
-def containers_dir(data_dir: Path) -> Path:
-    """Where the Docker runtime keeps its logs and the images it pulled; absent until this agent
-    first runs a container, which is how the executor knows, without the Docker modules, that
-    there is no container of its own to look for."""
-    return data_dir / "runtime" / "containers"
 
 
 class InstanceConfig(BaseModel):

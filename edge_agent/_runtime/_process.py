@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edge_agent._leftovers import find_strays, proc_cmdline, proc_state
 from modules.spec import Resources
 from modules.tasks import cancel_and_wait
 
@@ -154,21 +155,8 @@ class Instance:
         return "\n".join(list(self.recent)[-lines:])
 
 
-def _proc_stat_state(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name in parentheses may hold spaces; the state follows the last ')'.
-    return stat.rsplit(")", 1)[1].split()[0]
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode("utf-8", errors="replace") for part in raw.split(b"\0") if part]
+_proc_stat_state = proc_state
+_cmdline = proc_cmdline
 
 
 def _settings_marker(instance_id: str) -> str:
@@ -507,19 +495,7 @@ class ProcessRuntime(HttpChecks):
         """Scoring hosts of this runtime's instances (their settings file is under this data dir)
         that no instance record accounts for: what a crash between starting an instance and
         recording it, or a lost state file, would leave serving for ever."""
-        prefix = str(self.data_dir / "instances") + os.sep
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) in keep:
-                continue
-            pid = int(entry.name)
-            args = _cmdline(pid)
-            ours = "modules.scoring" in args and any(
-                a.startswith(prefix) and a.endswith("/settings.json") for a in args
-            )
-            if ours and _proc_stat_state(pid) not in (None, "Z", "X"):
-                found.append(pid)
-        return found
+        return find_strays(self.data_dir, keep)
 
     async def reap(self, pid: int, timeout: float = 10.0) -> None:
         """End a stray instance's process group: SIGTERM, then SIGKILL after `timeout`."""

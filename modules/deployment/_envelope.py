@@ -10,14 +10,15 @@ field that a newer publisher meant to change its behaviour.
 from __future__ import annotations
 
 from itertools import pairwise
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from modules.deployment._condition import Condition, parse_condition
 from modules.deployment._errors import ConditionSyntaxError
 from modules.deployment._manifest import Manifest
-from modules.spec import NAME_PATTERN
+from modules.deployment._signature import Signature
+from modules.names import NAME_PATTERN
 
 DEFAULT_MIN_HEALTHY_SECONDS = 300
 """How long a rollout step must stay healthy before the next, when the document does not say."""
@@ -66,14 +67,6 @@ class Rollout(_Strict):
     @property
     def percent(self) -> int:
         return self.steps[self.current_step]
-
-
-class Signature(_Strict):
-    key_id: str = Field(
-        alias="keyId", pattern=r"^[0-9a-f]{16}$", description="First 16 hex of sha256(raw public key)"
-    )
-    alg: Literal["ed25519"] = "ed25519"
-    value: str = Field(description="Base64 Ed25519 signature of the canonical form without `signature`")
 
 
 class DeploymentDocument(_Strict):

@@ -40,17 +40,11 @@ from pydantic import (
     model_validator,
 )
 
+from modules.deployment._policies import STARTUP_ORDER_MAX, RestartPolicy
 from modules.safe_json import PayloadRefused, loads_limited
 from modules.spec import ExecutionProvider, HealthProbe, Resources
 
 ModuleStatus = Literal["running", "stopped"]
-RestartPolicy = Literal["never", "on-failure", "on-unhealthy", "always"]
-DEFAULT_RESTART_POLICY: RestartPolicy = "always"
-"""IoT Edge's documented default: what a module without `restartPolicy` gets, and what the
-publisher writes unless told otherwise."""
-STARTUP_ORDER_MAX = 4_294_967_295
-"""`startupOrder` is an unsigned 32-bit integer in IoT Edge; a module that gives none starts
-after every module that does, as if it had this value."""
 ImagePullPolicy = Literal["on-create", "never"]
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 MODULE_REFERENCE_PATTERN = r"^modules/[a-z0-9]+(?:[._-][a-z0-9]+)*$"

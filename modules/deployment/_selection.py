@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -31,42 +30,9 @@ from pydantic import ValidationError
 from modules.deployment._envelope import DeploymentDocument
 from modules.deployment._layered import apply_layer
 from modules.deployment._manifest import Manifest, describe
+from modules.deployment._selected import DeploymentRef, DeviceFacts, Selection
 
 _BUCKETS = 10_000
-
-
-@dataclass(frozen=True)
-class DeviceFacts:
-    """What target conditions can see about a device, shaped like an IoT Hub device twin."""
-
-    device_id: str
-    tags: Mapping[str, Any] = field(default_factory=dict)
-    reported: Mapping[str, Any] = field(default_factory=dict)
-    desired: Mapping[str, Any] = field(default_factory=dict)
-
-    def twin(self) -> dict[str, Any]:
-        return {
-            "deviceId": self.device_id,
-            "tags": self.tags,
-            "properties": {"reported": self.reported, "desired": self.desired},
-        }
-
-
-@dataclass(frozen=True)
-class DeploymentRef:
-    name: str
-    version: int
-
-
-@dataclass(frozen=True)
-class Selection:
-    """The effective desired state; `applied` lists the base first, then layers in applied order;
-    `refused` the layers left out, each with why."""
-
-    manifest: Manifest | None
-    applied: tuple[DeploymentRef, ...] = ()
-    deferred: tuple[DeploymentRef, ...] = ()
-    refused: tuple[tuple[DeploymentRef, str], ...] = ()
 
 
 def rollout_bucket(deployment: str, device_id: str) -> int:

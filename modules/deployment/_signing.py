@@ -14,32 +14,37 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Iterable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import BaseModel
 
 from modules.deployment._canonical import canonical_json
-from modules.deployment._envelope import DeploymentDocument, Signature
 from modules.deployment._errors import (
     BadSignatureError,
     ReplayedDocumentError,
     UnsignedDocumentError,
     UntrustedKeyError,
 )
+from modules.deployment._signature import Signature
 from modules.deployment._tombstone import Tombstone
 from modules.signing import public_key_id
+
+if TYPE_CHECKING:  # the document's classes are not needed to sign or check a mapping
+    from modules.deployment._envelope import DeploymentDocument
 
 SIGNATURE_FIELD = "signature"
 
 
-Signable = DeploymentDocument | Tombstone
-_D = TypeVar("_D", DeploymentDocument, Tombstone)
+if TYPE_CHECKING:
+    Signable = DeploymentDocument | Tombstone
+_D = TypeVar("_D", bound=BaseModel)  # a DeploymentDocument or a Tombstone
 
 
 def signing_payload(doc: Signable | Mapping[str, Any]) -> bytes:
     """The exact bytes that are signed: canonical JSON of the document without its signature."""
-    data = doc.to_json_dict() if isinstance(doc, DeploymentDocument | Tombstone) else doc
+    data = doc.to_json_dict() if isinstance(doc, BaseModel) else doc
     return canonical_json({key: value for key, value in data.items() if key != SIGNATURE_FIELD})
 
 
@@ -70,10 +75,10 @@ def _trusted_by_id(
 
 
 def _describe(doc: Signable | Mapping[str, Any]) -> str:
-    if isinstance(doc, DeploymentDocument):
-        return f"deployment {doc.name!r} version {doc.version}"
     if isinstance(doc, Tombstone):
         return f"deletion of {doc.name!r} version {doc.version}"
+    if isinstance(doc, BaseModel):  # a DeploymentDocument
+        return f"deployment {doc.name!r} version {doc.version}"
     kind = "deletion of" if doc.get("kind") == "tombstone" else "deployment"
     return f"{kind} {doc.get('name')!r} version {doc.get('version')}"
 
@@ -87,7 +92,7 @@ def verify_document(
     """Prove `doc` (a document, a tombstone or any signed JSON object) was signed, unmodified, by
     a trusted publisher; return the signing key's id. `what` names it in errors."""
     what = what or _describe(doc)
-    if isinstance(doc, DeploymentDocument | Tombstone):
+    if isinstance(doc, BaseModel):  # a DeploymentDocument or a Tombstone
         signature = doc.signature
     else:
         raw = doc.get(SIGNATURE_FIELD)

@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from modules.deployment._envelope import Signature
-from modules.spec import NAME_PATTERN
+from modules.deployment._signature import Signature
+from modules.names import NAME_PATTERN
 
 TOMBSTONE_KIND = "tombstone"
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from modules._errors import ConfigError
-from modules.image import ImageReference
-from modules.image import parse_image_reference as _parse
+
+if TYPE_CHECKING:
+    from modules.image import ImageReference
 
 GpuRequest = Literal["required", "preferred"]
 ImagePullPolicy = Literal["on-create", "never"]
@@ -26,8 +27,10 @@ GPU_REQUESTS: tuple[GpuRequest, ...] = ("required", "preferred")
 
 def parse_image_reference(text: str) -> ImageReference:
     """`[host[:port]/]repository[:tag][@digest]`; ValueError for anything else."""
+    from modules.image import parse_image_reference as parse  # the image package, when needed
+
     try:
-        return _parse(text)
+        return parse(text)
     except ConfigError as exc:
         raise ValueError(str(exc)) from None
 
