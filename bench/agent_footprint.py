@@ -43,7 +43,9 @@ FLOOR = (
 
 
 # The agent's start, one step at a time in one process on top of the floor's imports, with the
-# resident memory each step adds: what `modelfleet agent run` loads, in the order it loads it.
+# resident memory each step adds: what the daemon process loads, in the order it loads it.
+# (`modelfleet agent run` reads its command line, then execs `edge_agent._daemon`: the
+# dispatcher, argparse and the entry-point scan stay behind in the process it replaced.)
 BREAKDOWN = """
 import tempfile
 from pathlib import Path
@@ -58,24 +60,21 @@ def step(what):
     now = rss()
     print(f"  {now - last:5.2f} MiB  {what}")
     last = now
-import modules.cli
-modules.cli.commands()
-step("the modelfleet dispatcher: importlib.metadata and the entry points")
-import edge_agent.cli
-step("edge_agent.cli and argparse")
+import edge_agent._daemon
+step("the daemon's module (what `agent run` execs once its command line is read)")
 from pydantic import BaseModel
 step("pydantic.main (the floor's `import pydantic` loads almost nothing)")
 class _First(BaseModel):
     x: int
-step("the first model build: pydantic's schema generation and plugin machinery")
-import modules.deployment, modules.device_state, modules.mqtt, modules.service_keys
-step("the contract: deployments, reported state, MQTT client, sealed keys (models it uses built)")
+step("the first model build: pydantic's schema generation, its plugin lookup (importlib.metadata)")
+import modules.device_state, modules.mqtt, modules.service_keys, modules.deployment
+step("the contract an idle agent speaks: reported state, MQTT client, sealed keys, signing")
 import edge_agent._agent
-step("the agent's own parts: intake, planner, state, status book, executor, store, runtime")
+step("the agent's parts: intake, planner, state, status book (the runtime loads with a module)")
 from modules.service_keys import open_device_key
 with tempfile.TemporaryDirectory() as folder:
     open_device_key(Path(folder) / "device-x25519.pem", make_apart=True)
-step("the device's X25519 key: made by a child process, its public half read (as `agent run` does)")
+step("the device's X25519 key: made by a child process, its public half read (as the daemon does)")
 print(f"  {last - floor:5.2f} MiB  in all, before the agent runs (then its loop, connection, status server)")
 """
 

@@ -7,10 +7,7 @@ modules and exits 0, a configuration problem is one line and exit 2.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import logging
-import signal
 import sys
 from pathlib import Path
 
@@ -53,43 +50,29 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from edge_agent._agent import Agent
     from edge_agent._config import load_agent_config
-    from modules.service_keys import DEVICE_KEY_FILE, open_device_key
+    from edge_agent._daemon import exec_daemon, run_agent
 
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    config = load_agent_config(
-        args.config,
-        {
-            "device_id": args.device_id,
-            "fleet": args.fleet,
-            "tags": parse_device_tags(args.tag),
-            "hub": args.hub,
-            "registry": args.registry,
-            "trust": args.trust or [],
-            "data_dir": args.data_dir,
-            "port_base": args.port_base,
-            "status_port": args.status_port,
-            "listen_host": args.listen_host,
-        },
-    )
-    # A first start makes the device key in a child process, before the agent reads it: this
-    # process then never carries OpenSSL's X25519 set-up for a key it only reports.
-    open_device_key(config.data_dir / DEVICE_KEY_FILE, make_apart=True)
-    agent = Agent(config)
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, agent.request_stop)
-        await agent.run_forever()
-
-    asyncio.run(main())
-    return 0
+    overrides = {
+        "device_id": args.device_id,
+        "fleet": args.fleet,
+        "tags": parse_device_tags(args.tag),
+        "hub": args.hub,
+        "registry": args.registry,
+        "trust": [str(path) for path in args.trust or []],
+        "data_dir": str(args.data_dir) if args.data_dir is not None else None,
+        "port_base": args.port_base,
+        "status_port": args.status_port,
+        "listen_host": args.listen_host,
+    }
+    load_agent_config(args.config, overrides)  # a bad configuration is one line and exit 2, here
+    handover = {
+        "config": str(args.config) if args.config is not None else None,
+        "overrides": overrides,
+        "log_level": args.log_level,
+    }
+    exec_daemon(handover)  # from here on this process is the daemon (edge_agent/_daemon.py)
+    return run_agent(handover)
 
 
 def _key(args: argparse.Namespace) -> int:
