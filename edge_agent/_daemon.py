@@ -37,7 +37,32 @@ def exec_daemon(handover: dict[str, Any]) -> None:
     os.set_inheritable(read_end, True)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "edge_agent._daemon", HANDOVER_FLAG, str(read_end)])
+    os.execv(
+        sys.executable, [sys.executable, *_interpreter_flags(), "-c", _START, HANDOVER_FLAG, str(read_end)]
+    )
+
+
+# The folder this package was imported from: on the daemon's path only where an installed
+# package's finder does not already provide it (a source checkout run with `python -m`).
+_ROOT = str(Path(__file__).resolve().parents[1])
+_START = (
+    f"import sys\nif {_ROOT!r} not in sys.path: sys.path.insert(0, {_ROOT!r})\n"
+    "from edge_agent._daemon import main\nsys.exit(main(sys.argv[1:]))"
+)
+
+
+def _interpreter_flags() -> list[str]:
+    """The daemon runs as isolated as this process did, and never with the working folder first
+    on its path (`-P`): a package of that name in the folder `agent run` was started from must
+    not stand in for the agent's own."""
+    if sys.flags.isolated:
+        return ["-I"]
+    flags = ["-P"]
+    if sys.flags.ignore_environment:
+        flags.append("-E")
+    if sys.flags.no_user_site:
+        flags.append("-s")
+    return flags
 
 
 def run_agent(handover: dict[str, Any]) -> int:

@@ -206,8 +206,8 @@ def test_agent_run_hands_over_to_the_daemon_in_the_same_process(tmp_path) -> Non
                 time.sleep(0.1)
         assert state is not None and state["device_id"] == "dev-x"
         cmdline = Path(f"/proc/{agent.pid}/cmdline").read_bytes().split(b"\0")
-        assert b"edge_agent._daemon" in cmdline
-        assert b"modules.cli" not in cmdline
+        assert any(b"from edge_agent._daemon import main" in arg for arg in cmdline), cmdline
+        assert b"-P" in cmdline and b"modules.cli" not in cmdline
     finally:
         agent.send_signal(signal.SIGTERM)
         _, err = agent.communicate(timeout=60)
