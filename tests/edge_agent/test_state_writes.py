@@ -136,13 +136,15 @@ async def test_a_stored_document_is_validated_once_not_every_pass(
     again = _agent(tmp_path)
     again._load_state()
     calls: list[object] = []
-    real = again._documents.__globals__["DeploymentDocument"].model_validate
+    from modules.deployment import DeploymentDocument
+
+    real = DeploymentDocument.model_validate
 
     def counting(raw, *args, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(raw)
         return real(raw, *args, **kwargs)
 
-    monkeypatch.setattr(again._documents.__globals__["DeploymentDocument"], "model_validate", counting)
+    monkeypatch.setattr(DeploymentDocument, "model_validate", counting)
     first = again._documents()
     assert len(calls) == 2  # the stored document and the applied one: two dicts once loaded
     second = again._documents()
