@@ -27,10 +27,20 @@ IRIS_SAMPLE = json.loads((IRIS_DIR / "sample-input.json").read_text())
 TINY_REQUIREMENT = "termcolor"
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nothing listens on, and never one handed out before in this test run: the kernel may
+    give a just-released port again, and of two instances given one port the second cannot bind
+    it while its readiness checks are answered by the first."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 def make_config(
