@@ -72,7 +72,7 @@ from modules.tasks import cancel_within
 from modules.topics import FleetTopics
 from modules.transport import Message, Transport, TransportConnectError, TransportError
 
-if TYPE_CHECKING:  # the documents' models load with the first document, not before
+if TYPE_CHECKING:  # loaded with the first document or module, not at start (docs/agent.md, Footprint)
     from edge_agent._executor import RegistryFactory
     from edge_agent._store import ArtifactStore
     from modules.deployment import DeploymentDocument
