@@ -24,9 +24,11 @@ Rows:
   (inference in the server's own process) and 2; against modelfleet's zero-code host on the same
   v2 route and body.
 - modelfleet as `modelfleet serve` with its defaults (processes = CPUs, inference threads
-  shared out over them, the script's json.loads through the host's exact fast parser); the
-  "script json stdlib" row turns that parser off for the script, and the batching row turns on a
-  non-default setting; both are labelled so.
+  shared out over them, the script's json.loads through the host's exact fast parser, tiny
+  `POST /score` runs answered on the fast path below aiohttp's request objects); the "script json
+  stdlib" row turns that parser off for the script, the "fast path off" row sends every request
+  through aiohttp's request objects, and the batching row turns on a non-default setting; all
+  are labelled so.
 The client's own CPU use is printed per row ("client cpu", in cores) to show what it takes, and
 so is the servers' CPU time per request ("server us/req", all of a server's processes): on a
 machine shared with other work a server's throughput follows the CPU share it is given, its CPU
@@ -509,6 +511,8 @@ def build_servers(processes: int, compare_root: Path | None) -> list[Server]:
     quiet = {"AZUREML_LOG_LEVEL": "WARNING"}
     # The host's fast json.loads for the script turned off: what the rest of the host gives.
     stdlib_json = {"MODELFLEET_SCRIPT_JSON": "stdlib"}
+    # Every request through aiohttp's request objects, as before the fast path for POST /score.
+    fast_path_off = {"MODELFLEET_FAST_PATH": "0"}
     entry = [*modelfleet, "--entry-script", str(SCRIPT)]
     ceiling = [sys.executable, __file__, "--ceiling", "{port}", str(processes)]
     mlserver_python = reference_python("mlserver", MLSERVER_PACKAGES)
@@ -539,6 +543,7 @@ def build_servers(processes: int, compare_root: Path | None) -> list[Server]:
         Server("modelfleet, entry script, c=8", entry, {}, 8),
         Server("modelfleet, entry script, 1 process, c=8", [*entry, "--processes", "1"], {}, 8),
         Server("modelfleet, entry script, script json stdlib, c=8", entry, stdlib_json, 8),
+        Server("modelfleet, entry script, fast path off, c=8", entry, fast_path_off, 8),
         Server("modelfleet, zero-code ONNX, c=8", modelfleet, {}, 8),
         Server(
             "modelfleet, zero-code ONNX, v2, c=8", modelfleet, {}, 8, path="/v2/models/cnn/infer", body="v2"
@@ -592,6 +597,11 @@ def ratio_lines(processes: int) -> list[tuple[str, str, str]]:
             "ceiling, asyncio loop, c=8",
             "ceiling: bare aiohttp, uvloop, orjson, inline, c=8",
             "c=8  ceiling without uvloop vs with",
+        ),
+        (
+            "modelfleet, entry script, c=8",
+            "modelfleet, entry script, fast path off, c=8",
+            "c=8  entry script, fast path on vs off",
         ),
         (
             "modelfleet, entry script, c=8",

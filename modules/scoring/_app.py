@@ -215,38 +215,12 @@ def _middleware(host: ScoringHost, cors: Cors) -> Any:
                 response.headers["WWW-Authenticate"] = "Bearer"
             else:
                 response = await handler(request)
-        except ScriptFailedError as exc:
-            request_id = ids.request_id if ids else None
-            log.error("request %s: %s", request_id, exc.message)
-            response = _error(500, exc.message if details else exc.public_message, v2, request_id)
-            response.headers["x-ms-run-function-failed"] = "True"
-        except RequestIdTooLongError as exc:
-            response = _error(exc.status, exc.message, v2)
-            if exc.request_id is not None:
-                response.headers["x-request-id"] = exc.request_id
-        except ScoringError as exc:
-            response = _error(exc.status, exc.message, v2)
-        except web.HTTPException as exc:
-            message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
-            if exc.status in _ROUTING_MESSAGES and not v2:
-                message = _ROUTING_MESSAGES[exc.status]
-            response = _error(exc.status, message or exc.reason, v2)
         except Exception as exc:
-            request_id = ids.request_id if ids else None
-            log.exception(
-                "request %s: unexpected error answering %s %s", request_id, request.method, request.path
-            )
-            message = f"internal error: {type(exc).__name__}: {exc}" if details else "internal error"
-            response = _error(500, message, v2, request_id)
+            response = error_response(exc, ids, v2, details, request.method, request.path)
         if not response.prepared:
-            if gzip_min_bytes is not None:
-                _maybe_gzip(response, request, gzip_min_bytes)
-            response_headers = response.headers
-            if route in _RUN_FLAG_ROUTES and not v2 and "x-ms-run-function-failed" not in response_headers:
-                failed = route == "/score" and response.status >= 500
-                response_headers["x-ms-run-function-failed"] = "True" if failed else "False"
-            if ids is not None:
-                ids.apply(response_headers, headers.get("TraceId"))
+            trace_id = headers.get("TraceId")
+            accept_encoding = headers.get("Accept-Encoding")
+            finish_response(response, route, v2, ids, trace_id, gzip_min_bytes, accept_encoding)
             if cors_enabled:
                 cors.apply(request, response)
         observe(request.method, route, response.status, perf_counter() - started)
@@ -255,10 +229,59 @@ def _middleware(host: ScoringHost, cors: Cors) -> Any:
     return middleware
 
 
+def error_response(
+    exc: Exception, ids: RequestIds | None, v2: bool, details: bool, method: str, path: str
+) -> web.Response:
+    """The answer to a request that raised: the status its error names, in its protocol's words."""
+    if isinstance(exc, ScriptFailedError):
+        request_id = ids.request_id if ids else None
+        log.error("request %s: %s", request_id, exc.message)
+        response = _error(500, exc.message if details else exc.public_message, v2, request_id)
+        response.headers["x-ms-run-function-failed"] = "True"
+    elif isinstance(exc, RequestIdTooLongError):
+        response = _error(exc.status, exc.message, v2)
+        if exc.request_id is not None:
+            response.headers["x-request-id"] = exc.request_id
+    elif isinstance(exc, ScoringError):
+        response = _error(exc.status, exc.message, v2)
+    elif isinstance(exc, web.HTTPException):
+        message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
+        if exc.status in _ROUTING_MESSAGES and not v2:
+            message = _ROUTING_MESSAGES[exc.status]
+        response = _error(exc.status, message or exc.reason, v2)
+    else:
+        request_id = ids.request_id if ids else None
+        log.error("request %s: unexpected error answering %s %s", request_id, method, path, exc_info=exc)
+        message = f"internal error: {type(exc).__name__}: {exc}" if details else "internal error"
+        response = _error(500, message, v2, request_id)
+    return response
+
+
+def finish_response(
+    response: web.StreamResponse,
+    route: str,
+    v2: bool,
+    ids: RequestIds | None,
+    trace_id: str | None,
+    gzip_min_bytes: int | None,
+    accept_encoding: str | None,
+) -> None:
+    """The headers every answer gets on its way out (CORS aside): gzip, the run-function flag
+    on Azure ML's routes, and the request ids."""
+    if gzip_min_bytes is not None:
+        _maybe_gzip(response, accept_encoding, gzip_min_bytes)
+    response_headers = response.headers
+    if route in _RUN_FLAG_ROUTES and not v2 and "x-ms-run-function-failed" not in response_headers:
+        failed = route == "/score" and response.status >= 500
+        response_headers["x-ms-run-function-failed"] = "True" if failed else "False"
+    if ids is not None:
+        ids.apply(response_headers, trace_id)
+
+
 _COMPRESSIBLE_APPLICATION_TYPES = frozenset({"application/json", "application/xml", "application/javascript"})
 
 
-def _maybe_gzip(response: web.StreamResponse, request: web.Request, min_bytes: int) -> None:
+def _maybe_gzip(response: web.StreamResponse, accept_encoding: str | None, min_bytes: int) -> None:
     """gzip a text or JSON body of at least `min_bytes` for a client that accepts it.
 
     Smaller bodies gain less than the CPU they cost, and already compressed types (images,
@@ -278,7 +301,7 @@ def _maybe_gzip(response: web.StreamResponse, request: web.Request, min_bytes: i
     ):
         return
     response.headers["Vary"] = "Accept-Encoding"  # caches must not hand gzip to others
-    accepted = request.headers.get("Accept-Encoding", "").lower()
+    accepted = (accept_encoding or "").lower()
     if "gzip" in accepted and "gzip;q=0" not in accepted.replace(" ", ""):
         response.enable_compression(ContentCoding.gzip)
 

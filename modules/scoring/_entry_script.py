@@ -101,6 +101,10 @@ class EntryScriptHandler(Handler):
     async def score(self, request: AMLRequest) -> AMLResponse:
         return await self.offload(self._score_sync, request, len(request.data))
 
+    def score_now(self, request: AMLRequest) -> AMLResponse:
+        """Answer on the event loop, now: only right after `runs_inline()` said so."""
+        return self._run_on_loop(self._score_sync, request)
+
     def _score_sync(self, request: AMLRequest) -> AMLResponse:
         # Parsing and conversion run here too: big bodies must not stall the event loop.
         if self._raw:

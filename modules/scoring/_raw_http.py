@@ -15,6 +15,7 @@ import inspect
 import io
 import json
 import logging
+import re
 import sys
 import types
 from collections.abc import Callable, Iterator, Mapping
@@ -27,9 +28,12 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict
 
 from . import _json as fast_json
+from ._errors import RunFailedError
 
 log = logging.getLogger("modelfleet.scoring")
 _RAW_ATTR = "__modelfleet_rawhttp__"
+# What aiohttp refuses to send in a header (tab aside).
+_HEADER_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _AZURE_REQUEST_MODULES = (
     "azureml.contrib.services.aml_request",
     "azureml_inference_server_http.api.aml_request",
@@ -437,12 +441,18 @@ class AMLResponse:
         self.stream = None
 
     def header_items(self) -> list[tuple[str, str]]:
-        """Headers to send; framing headers are the server's to write, not the script's."""
-        return [
+        """Headers to send; framing headers are the server's to write, not the script's. A
+        control character in one (a line break would start a header of the script's making)
+        fails the run, in words, rather than the connection."""
+        items = [
             (name, str(value))
             for name, value in self.headers.items()
             if name.lower() not in ("content-length", "transfer-encoding")
         ]
+        if _HEADER_CONTROL.search("\t".join(f"{name}\t{value}" for name, value in items)) is not None:
+            bad = next(name for name, value in items if _HEADER_CONTROL.search(f"{name}\t{value}"))
+            raise RunFailedError(f"run() returned a response header with a control character: {bad!r}")
+        return items
 
 
 def _chunk_bytes(chunk: Any) -> bytes:

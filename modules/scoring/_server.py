@@ -51,9 +51,10 @@ async def serve(settings: ScoringSettings) -> None:
 
 def _runner(settings: ScoringSettings) -> web.AppRunner:
     from ._app import create_app
+    from ._fast_path import FastPathRunner
 
     access_log = logging.getLogger("modelfleet.scoring.access") if settings.access_log else None
-    return web.AppRunner(create_app(settings), access_log=access_log)
+    return FastPathRunner(create_app(settings), access_log=access_log)
 
 
 async def serve_on_socket(

@@ -11,12 +11,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 from aiohttp import web
 
 from modules.scoring import ScoringSettings, create_app
+from modules.scoring._fast_path import FastPathRunner, FastPathServer, FastScore
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
@@ -26,8 +28,13 @@ IRIS_SCRIPT = ROOT / "examples" / "iris-service" / "score.py"
 
 
 class RunningHost:
-    def __init__(self, settings: ScoringSettings) -> None:
+    """`fast_path`: served as `modelfleet serve` serves (tiny `/score` runs answered below
+    aiohttp's request objects once warm); False: aiohttp answers everything."""
+
+    def __init__(self, settings: ScoringSettings, fast_path: bool = True, **runner_args: Any) -> None:
         self.settings = settings.model_copy(update={"port": 0, "host": "127.0.0.1"})
+        self.fast_path = fast_path
+        self.runner_args = runner_args
         self.url = ""
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
@@ -49,7 +56,8 @@ class RunningHost:
         self._loop.close()
 
     async def _start(self) -> None:
-        self._runner = web.AppRunner(create_app(self.settings))
+        runner_class = FastPathRunner if self.fast_path else web.AppRunner
+        self._runner = runner_class(create_app(self.settings), access_log=None, **self.runner_args)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -67,6 +75,14 @@ class RunningHost:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(30)
 
+    @property
+    def fast(self) -> FastScore:
+        """The fast path's answerer (its `answered` counts the requests it answered)."""
+        assert self._runner is not None
+        server = self._runner.server
+        assert isinstance(server, FastPathServer), "this host does not take the fast path"
+        return server.fast
+
     def wait_loaded(self, timeout: float = 30) -> dict:
         """Until loading finished (ready or failed); returns the liveness details."""
         deadline = time.monotonic() + timeout
@@ -81,8 +97,11 @@ class RunningHost:
 def serve_host() -> Iterator:
     hosts: list[RunningHost] = []
 
-    def start(**values: object) -> RunningHost:
-        host = RunningHost(ScoringSettings.model_validate(values)).__enter__()
+    def start(
+        fast_path: bool = True, runner_args: dict[str, Any] | None = None, **values: object
+    ) -> RunningHost:
+        settings = ScoringSettings.model_validate(values)
+        host = RunningHost(settings, fast_path, **(runner_args or {})).__enter__()
         hosts.append(host)
         return host
 

@@ -1,0 +1,434 @@
+"""`POST /score` answered below aiohttp's request objects, where nothing about it needs them.
+
+Under load, aiohttp's per-request machinery (the parsed message queued for the connection's
+task, a task per request, the request and response objects, the writer) costs a small model
+more CPU than the model itself: on the bench's CNN, a bare protocol answering from the bytes it
+received spends about 80 us per request in all, aiohttp's bare handler about 140. For the request
+that carries the load -- `POST /score` on an entry script whose runs are measured tiny enough for
+the event loop -- the connection's protocol answers itself, with the same run, ids, headers,
+errors and metrics as the application: both build their answers from the same functions.
+
+Everything else goes to aiohttp exactly as it arrived: another route or method, a query, a
+browser's CORS request, a wrong key, an over-long id, a body over the
+limit, a run that belongs on the threads, a model not ready yet. So do requests while aiohttp
+still has one of the connection's requests queued or in progress, which keeps answers in order.
+aiohttp is only handed whole messages, cut where its own parser cuts them (at most one
+Content-Length, no Transfer-Encoding); a head that cannot be framed that surely hands the rest of
+the connection to aiohttp. `MODELFLEET_FAST_PATH=0` turns the fast path off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import time
+import zlib
+from collections.abc import Iterator
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.web_protocol import RequestHandler
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from ._app import HOST_KEY, RequestIdTooLongError, error_response, finish_response, request_ids
+from ._raw_http import AMLRequest, AMLResponse
+
+log = logging.getLogger("modelfleet.scoring")
+
+SWITCH = "MODELFLEET_FAST_PATH"
+# A head longer than this is not a scoring request worth framing here: aiohttp takes the rest.
+_MAX_HEAD = 16 * 1024
+# A /score body is held here until complete up to this size; larger ones stream into aiohttp.
+_MAX_FAST_BODY = 256 * 1024
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# What aiohttp refuses in a response header; in a request head (CR and LF aside), what makes
+# it too unusual to answer here.
+_FORBIDDEN_TEXT = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_FORBIDDEN_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# Answers that never carry a body, so no framing header either (as aiohttp writes them).
+EMPTY_BODY_STATUS_CODES = frozenset((204, 304, *range(100, 200)))
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
+_STREAM_END = object()
+# What the aiohttp protocol keeps that the fast path reads; without them it stays off.
+_NEEDED = (
+    "_request_count",
+    "_waiter",
+    "_messages",
+    "_paused",
+    "_payload_parser",
+    "_upgraded",
+    "_close",
+    "_force_close",
+)
+
+
+def enabled() -> bool:
+    return os.environ.get(SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def supported() -> bool:
+    """True where aiohttp's protocol has the state the fast path reads to keep answers in order."""
+    slots: set[str] = set()
+    for cls in RequestHandler.__mro__:
+        slots.update(getattr(cls, "__slots__", ()))
+    return all(name in slots for name in _NEEDED)
+
+
+class _Streamed:
+    """A reply whose body a generator yields: sent chunked, each `next()` on the threads."""
+
+    __slots__ = ("chunks", "head", "on_done")
+
+    def __init__(self, head: bytes, chunks: Iterator[Any], on_done: Any) -> None:
+        self.head = head
+        self.chunks = chunks
+        self.on_done = on_done
+
+
+class _Date:
+    """The Date header, formatted once a second."""
+
+    __slots__ = ("_second", "_text")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+
+    def __call__(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._text = formatdate(now, usegmt=True)
+        return self._text
+
+
+class FastScore:
+    """Builds the answer to one `POST /score` from its parsed head and body, or declines."""
+
+    def __init__(self, app: web.Application, access_log: bool) -> None:
+        host = app[HOST_KEY]
+        settings = host.settings
+        self._host = host
+        self._access_log = access_log
+        self._details = settings.error_details
+        self._gzip_min_bytes = settings.gzip_min_bytes
+        self._max_body = min(settings.max_request_bytes, _MAX_FAST_BODY)
+        self._cors = bool(settings.cors_origins)
+        self._auth = host.auth.enabled
+        self._allows = host.auth.allows
+        self._observe = host.metrics.observe_request
+        self._date = _Date()
+        self.answered = 0  # requests answered here, for tests and diagnostics
+
+    @property
+    def max_body(self) -> int:
+        return self._max_body
+
+    def answer(self, pairs: list[tuple[str, str]], body: bytes) -> bytes | _Streamed | None:
+        """The whole response, or None when aiohttp must answer (nothing has run then)."""
+        started = time.perf_counter()
+        host = self._host
+        if not host.ready or self._access_log:
+            return None
+        handler = host.handler
+        score_now = getattr(handler, "score_now", None)
+        if score_now is None or handler.raw_requests or not handler.runs_inline(len(body)):
+            return None
+        headers: CIMultiDict[str] = CIMultiDict(pairs)
+        if self._auth and not self._allows(headers.get("Authorization")):
+            return None
+        if self._cors and "Origin" in headers:
+            return None
+        try:
+            ids = request_ids(headers)
+        except RequestIdTooLongError:
+            return None
+        self.answered += 1
+        try:
+            reply: AMLResponse = score_now(AMLRequest("POST", "/score", "", CIMultiDictProxy(headers), body))
+            return self._reply(reply, ids, headers, started)
+        except Exception as exc:
+            response = error_response(exc, ids, False, self._details, "POST", "/score")
+            return self._finish(response, response.body, ids, headers, started)  # type: ignore[arg-type]
+
+    def _reply(self, reply: AMLResponse, ids: Any, headers: Any, started: float) -> bytes | _Streamed:
+        """What the app's `/score` route and middleware make of run()'s reply, as bytes."""
+        exec_ms = reply.exec_ms if reply.exec_ms is not None else (time.perf_counter() - started) * 1000
+        failed = reply.run_function_failed or reply.status_code >= 500
+        items = reply.header_items()
+        items.append(("x-ms-run-function-failed", "True" if failed else "False"))
+        items.append(("x-ms-run-fn-exec-ms", f"{exec_ms:.3f}"))
+        if reply.stream is not None and reply.status_code not in EMPTY_BODY_STATUS_CODES:
+            response_headers: CIMultiDict[str] = CIMultiDict(items)
+            ids.apply(response_headers, headers.get("TraceId"))
+            status = reply.status_code
+
+            def done() -> None:
+                self._observe("POST", "/score", status, time.perf_counter() - started)
+
+            head = self._head(status, response_headers, None)
+            if head is None:
+                done()
+                return self._refused()
+            return _Streamed(head, reply.stream, done)
+        response = web.Response(body=reply.body, status=reply.status_code, headers=items)
+        return self._finish(response, reply.body, ids, headers, started)
+
+    def _finish(self, response: web.Response, body: bytes, ids: Any, headers: Any, started: float) -> bytes:
+        """The middleware's finishing touches, then the bytes aiohttp would have sent."""
+        finish_response(
+            response,
+            "/score",
+            False,
+            ids,
+            headers.get("TraceId"),
+            self._gzip_min_bytes,
+            headers.get("Accept-Encoding"),
+        )
+        if response.compression:  # as aiohttp compresses a whole body it holds
+            compressor = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+            body = compressor.compress(body) + compressor.flush()
+            response.headers["Content-Encoding"] = "gzip"
+        self._observe("POST", "/score", response.status, time.perf_counter() - started)
+        return self._serialize(response.status, response.headers, body)
+
+    def _serialize(self, status: int, headers: Any, body: bytes) -> bytes:
+        head = self._head(status, headers, body)
+        if head is None:
+            return self._refused()
+        return head if status in EMPTY_BODY_STATUS_CODES else head + body
+
+    def _refused(self) -> bytes:
+        # What aiohttp does with a header it must not send: no part of that answer goes out.
+        log.error("run() returned a header with a control character; answering 500")
+        head = self._head(500, {"Content-Type": "text/plain; charset=utf-8"}, b"")
+        assert head is not None
+        return head
+
+    def _head(self, status: int, headers: Any, body: bytes | None) -> bytes | None:
+        """Status line and headers as aiohttp writes them (`body` None: chunked); None if a
+        header holds a character aiohttp refuses to send."""
+        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, '')}"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        if _FORBIDDEN_TEXT.search("\t".join(lines)) is not None:
+            return None
+        if status in EMPTY_BODY_STATUS_CODES:
+            pass  # no body, so no framing header either
+        elif body is None:
+            lines.append("Transfer-Encoding: chunked")
+        else:
+            lines.append(f"Content-Length: {len(body)}")
+            if body and "Content-Type" not in headers:
+                lines.append("Content-Type: application/octet-stream")
+        if "Date" not in headers:
+            lines.append(f"Date: {self._date()}")
+        if "Server" not in headers:
+            lines.append(f"Server: {SERVER_SOFTWARE}")
+        lines.append("\r\n")
+        return "\r\n".join(lines).encode()
+
+    async def stream(self, transport: asyncio.Transport, streamed: _Streamed) -> None:
+        transport.write(streamed.head)
+        loop = asyncio.get_running_loop()
+        executor = self._host.executor
+        try:
+            while True:
+                chunk = await loop.run_in_executor(executor, next, streamed.chunks, _STREAM_END)
+                if chunk is _STREAM_END or transport.is_closing():
+                    break
+                data = chunk.encode() if isinstance(chunk, str) else bytes(chunk)
+                if data:
+                    transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+        except Exception:
+            log.exception("the streamed response of run() failed part way")
+        transport.write(b"0\r\n\r\n")
+        streamed.on_done()
+
+
+class _Head:
+    """What the fast path reads of a request head: how long its message is, and whether it is
+    a `POST /score` it may answer (with its headers as text)."""
+
+    __slots__ = ("candidate", "length", "pairs")
+
+    def __init__(self, length: int, candidate: bool, pairs: list[tuple[str, str]]) -> None:
+        self.length = length
+        self.candidate = candidate
+        self.pairs = pairs
+
+
+def parse_head(head: bytes) -> _Head | None:
+    """The head (without its blank line), or None when it cannot be framed as surely as
+    aiohttp's parser frames it."""
+    lines = head.split(b"\r\n")
+    request_line = lines[0].split(b" ")
+    if len(request_line) != 3:
+        return None
+    method, target, version = request_line
+    if version not in (b"HTTP/1.1", b"HTTP/1.0") or _TOKEN.fullmatch(method) is None or method == b"CONNECT":
+        return None
+    if _FORBIDDEN_BYTES.search(head.replace(b"\r\n", b"\t")) is not None:
+        return None  # a bare CR or LF, or a control character: aiohttp's to judge
+    candidate = method == b"POST" and target == b"/score" and version == b"HTTP/1.1" and head.isascii()
+    length = -1
+    pairs: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or _TOKEN.fullmatch(name) is None:
+            return None
+        value = value.strip(b" \t")
+        lowered = name.lower()
+        if lowered == b"content-length":
+            if length != -1 or not value.isdigit() or len(value) > 15:
+                return None
+            length = int(value)
+        elif lowered in (b"transfer-encoding", b"upgrade"):
+            return None
+        elif lowered == b"expect" or (lowered == b"connection" and value.lower() != b"keep-alive"):
+            candidate = False  # aiohttp answers 100-continue and closes connections
+        if candidate:
+            pairs.append((name.decode("ascii"), value.decode("ascii")))
+    if length == -1:
+        return _Head(0, False, pairs)
+    return _Head(length, candidate, pairs)
+
+
+class FastRequestHandler(RequestHandler):
+    """aiohttp's connection protocol, answering tiny `POST /score` runs itself."""
+
+    __slots__ = ("_fast", "_fast_buffer", "_fast_busy", "_fast_handed_over", "_fast_passthrough")
+
+    def __init__(self, manager: web.Server, fast: FastScore, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._fast = fast
+        self._fast_buffer = b""
+        self._fast_busy: asyncio.Task[None] | None = None
+        self._fast_handed_over = False
+        self._fast_passthrough = 0
+
+    def data_received(self, data: bytes) -> None:
+        if self._fast_handed_over:
+            super().data_received(data)
+            return
+        if self._force_close or self._close:
+            return
+        if self._fast_buffer:
+            data = self._fast_buffer + data
+            self._fast_buffer = b""
+        if self._fast_busy is not None:  # a streamed answer is going out: the rest waits
+            self._fast_buffer = data
+            return
+        if self._fast_passthrough:  # the rest of a message aiohttp is reading
+            owed = self._fast_passthrough
+            if len(data) <= owed:
+                self._fast_passthrough = owed - len(data)
+                super().data_received(data)
+                return
+            self._fast_passthrough = 0
+            super().data_received(data[:owed])
+            data = data[owed:]
+        self._frame(data)
+
+    def _hand_over(self, data: bytes) -> None:
+        self._fast_handed_over = True
+        super().data_received(data)
+
+    def _aiohttp_idle(self) -> bool:
+        """aiohttp has nothing of this connection queued or running: it was never handed a
+        request, or it waits for the next one."""
+        if self._messages or self._paused or self._payload_parser is not None or self._upgraded:
+            return False
+        if not self._request_count:
+            return True
+        waiter = self._waiter
+        return waiter is not None and not waiter.done()
+
+    def _frame(self, data: bytes) -> None:
+        position, size = 0, len(data)
+        while position < size:
+            if self._force_close or self._close or self.transport is None:
+                return
+            end = data.find(b"\r\n\r\n", position)
+            if end == -1:
+                if size - position > _MAX_HEAD:
+                    self._hand_over(data[position:])
+                else:
+                    self._fast_buffer = data[position:]
+                return
+            head = parse_head(data[position:end])
+            if head is None:
+                self._hand_over(data[position:])
+                return
+            message_end = end + 4 + head.length
+            if head.candidate and head.length <= self._fast.max_body:
+                if message_end > size:  # the body is still coming
+                    self._fast_buffer = data[position:]
+                    return
+                if self._aiohttp_idle():
+                    answer = self._fast.answer(head.pairs, data[end + 4 : message_end])
+                    if answer is not None:
+                        self._send(answer, data[message_end:])
+                        if self._fast_busy is not None:
+                            return
+                        position = message_end
+                        continue
+            taken = min(message_end, size)
+            super().data_received(data[position:taken])
+            self._fast_passthrough = message_end - taken
+            position = taken
+
+    def _send(self, answer: bytes | _Streamed, rest: bytes) -> None:
+        transport = self.transport
+        assert transport is not None
+        if self._keepalive_timeout:
+            self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+        if isinstance(answer, bytes):
+            transport.write(answer)
+            return
+        self._fast_buffer = rest
+        self._fast_busy = self._loop.create_task(self._stream(transport, answer))
+
+    async def _stream(self, transport: asyncio.Transport, streamed: _Streamed) -> None:
+        try:
+            await self._fast.stream(transport, streamed)
+        finally:
+            self._fast_busy = None
+        if self._keepalive_timeout:
+            self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+        rest, self._fast_buffer = self._fast_buffer, b""
+        if rest and self.transport is not None:
+            self.data_received(rest)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._fast_busy is not None:
+            self._fast_busy.cancel()
+        super().connection_lost(exc)
+
+
+class FastPathServer(web.Server):
+    """aiohttp's server, making connections that answer tiny `POST /score` runs themselves."""
+
+    def __init__(self, base: web.Server, fast: FastScore) -> None:
+        self.__dict__.update(base.__dict__)
+        self.fast = fast
+
+    def __call__(self) -> RequestHandler:
+        return FastRequestHandler(self, self.fast, loop=self._loop, **self._kwargs)
+
+
+class FastPathRunner(web.AppRunner):
+    """`web.AppRunner` whose server takes the fast path where it can (see module docstring)."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        if not (enabled() and supported()):
+            return server
+        # aiohttp logs every request unless told not to; the fast path logs none.
+        access_log = self._kwargs.get("access_log", True) is not None
+        return FastPathServer(server, FastScore(self.app, access_log))
