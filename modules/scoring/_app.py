@@ -268,42 +268,50 @@ def finish_response(
 ) -> None:
     """The headers every answer gets on its way out (CORS aside): gzip, the run-function flag
     on Azure ML's routes, and the request ids."""
-    if gzip_min_bytes is not None:
-        _maybe_gzip(response, accept_encoding, gzip_min_bytes)
-    response_headers = response.headers
-    if route in _RUN_FLAG_ROUTES and not v2 and "x-ms-run-function-failed" not in response_headers:
-        failed = route == "/score" and response.status >= 500
-        response_headers["x-ms-run-function-failed"] = "True" if failed else "False"
+    # Streamed answers are left alone: their chunks must leave as the script yields them.
+    body = response.body if type(response) is web.Response else None
+    if (
+        gzip_min_bytes is not None
+        and isinstance(body, bytes)
+        and gzip_wanted(response.headers, body, accept_encoding, gzip_min_bytes)
+    ):
+        response.enable_compression(ContentCoding.gzip)
+    finish_headers(response.headers, route, v2, response.status, ids, trace_id)
+
+
+def finish_headers(
+    headers: Any, route: str, v2: bool, status: int, ids: RequestIds | None, trace_id: str | None
+) -> None:
+    """The run-function flag on Azure ML's routes, and the request ids."""
+    if route in _RUN_FLAG_ROUTES and not v2 and "x-ms-run-function-failed" not in headers:
+        failed = route == "/score" and status >= 500
+        headers["x-ms-run-function-failed"] = "True" if failed else "False"
     if ids is not None:
-        ids.apply(response_headers, trace_id)
+        ids.apply(headers, trace_id)
 
 
 _COMPRESSIBLE_APPLICATION_TYPES = frozenset({"application/json", "application/xml", "application/javascript"})
 
 
-def _maybe_gzip(response: web.StreamResponse, accept_encoding: str | None, min_bytes: int) -> None:
-    """gzip a text or JSON body of at least `min_bytes` for a client that accepts it.
+def gzip_wanted(headers: Any, body: bytes, accept_encoding: str | None, min_bytes: int) -> bool:
+    """True when a body of at least `min_bytes` of text or JSON goes gzipped to this client;
+    such a body gets `Vary: Accept-Encoding` either way (caches must not hand gzip to others).
 
     Smaller bodies gain less than the CPU they cost, and already compressed types (images,
-    binary tensors) do not shrink, so both go as they are. Streamed answers are left alone:
-    their chunks must leave as the script yields them.
+    binary tensors) do not shrink, so both go as they are.
     """
-    if type(response) is not web.Response:
-        return
-    body = response.body
-    if not isinstance(body, bytes) or len(body) < min_bytes or response.headers.get("Content-Encoding"):
-        return
-    mimetype = response.content_type
+    if len(body) < min_bytes or headers.get("Content-Encoding"):
+        return False
+    mimetype = (headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
     if not (
         mimetype.startswith("text/")
         or mimetype in _COMPRESSIBLE_APPLICATION_TYPES
         or mimetype.endswith(("+json", "+xml"))
     ):
-        return
-    response.headers["Vary"] = "Accept-Encoding"  # caches must not hand gzip to others
+        return False
+    headers["Vary"] = "Accept-Encoding"
     accepted = (accept_encoding or "").lower()
-    if "gzip" in accepted and "gzip;q=0" not in accepted.replace(" ", ""):
-        response.enable_compression(ContentCoding.gzip)
+    return "gzip" in accepted and "gzip;q=0" not in accepted.replace(" ", "")
 
 
 def decorate(response: web.StreamResponse, request: web.Request, cors: Cors) -> None:

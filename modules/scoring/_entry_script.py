@@ -119,7 +119,10 @@ class EntryScriptHandler(Handler):
         if self._wants_headers:
             kwargs[_HEADERS_PARAM] = dict(request.headers)
         started = time.perf_counter()
-        result = self._call(call, kwargs)
+        try:
+            result = self._call(call, kwargs)
+        finally:
+            fast_json.forget_utf8()
         exec_ms = (time.perf_counter() - started) * 1000
         if isinstance(result, AMLResponse):
             reply = result
@@ -143,9 +146,11 @@ class EntryScriptHandler(Handler):
         if request.method == "GET":
             return json.dumps(_query_document(request))
         try:
-            return request.data.decode("utf-8")
+            text = request.data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise BadRequestError(f"Input cannot be decoded as UTF-8: {exc}") from None
+        fast_json.known_utf8(text, request.data)  # the script's json.loads(text) reads these bytes
+        return text
 
     def _schema_arguments(self, request: AMLRequest) -> dict[str, Any]:
         if request.method == "GET":

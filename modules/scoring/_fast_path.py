@@ -35,7 +35,15 @@ from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from ._app import HOST_KEY, RequestIdTooLongError, error_response, finish_response, request_ids
+from ._app import (
+    HOST_KEY,
+    RequestIdTooLongError,
+    error_response,
+    finish_headers,
+    finish_response,
+    gzip_wanted,
+    request_ids,
+)
 from ._raw_http import AMLRequest, AMLResponse
 
 log = logging.getLogger("modelfleet.scoring")
@@ -49,7 +57,9 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # What aiohttp refuses in a response header; in a request head (CR and LF aside), what makes
 # it too unusual to answer here.
 _FORBIDDEN_TEXT = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_FORBIDDEN_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# Header lines as aiohttp's parser reads them surely: a name, a colon, a value without CR, LF or
+# other control characters.
+_HEADER_LINES = re.compile(rb"(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*)*")
 # Answers that never carry a body, so no framing header either (as aiohttp writes them).
 EMPTY_BODY_STATUS_CODES = frozenset((204, 304, *range(100, 200)))
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
@@ -77,6 +87,12 @@ def supported() -> bool:
     for cls in RequestHandler.__mro__:
         slots.update(getattr(cls, "__slots__", ()))
     return all(name in slots for name in _NEEDED)
+
+
+def _gzip(body: bytes) -> bytes:
+    """The whole body gzipped, as aiohttp compresses a body it holds."""
+    compressor = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+    return compressor.compress(body) + compressor.flush()
 
 
 class _Streamed:
@@ -154,8 +170,7 @@ class FastScore:
             reply: AMLResponse = score_now(AMLRequest("POST", "/score", "", CIMultiDictProxy(headers), body))
             return self._reply(reply, ids, headers, started)
         except Exception as exc:
-            response = error_response(exc, ids, False, self._details, "POST", "/score")
-            return self._finish(response, response.body, ids, headers, started)  # type: ignore[arg-type]
+            return self._error(exc, ids, headers, started)
 
     def _reply(self, reply: AMLResponse, ids: Any, headers: Any, started: float) -> bytes | _Streamed:
         """What the app's `/score` route and middleware make of run()'s reply, as bytes."""
@@ -177,11 +192,25 @@ class FastScore:
                 done()
                 return self._refused()
             return _Streamed(head, reply.stream, done)
-        response = web.Response(body=reply.body, status=reply.status_code, headers=items)
-        return self._finish(response, reply.body, ids, headers, started)
+        # What the route's web.Response and the middleware make of it, without the objects.
+        response_headers = CIMultiDict(items)
+        body = reply.body
+        status = reply.status_code
+        gzip_min_bytes = self._gzip_min_bytes
+        accept_encoding = headers.get("Accept-Encoding")
+        if gzip_min_bytes is not None and gzip_wanted(
+            response_headers, body, accept_encoding, gzip_min_bytes
+        ):
+            body = _gzip(body)
+            response_headers["Content-Encoding"] = "gzip"
+        finish_headers(response_headers, "/score", False, status, ids, headers.get("TraceId"))
+        self._observe("POST", "/score", status, time.perf_counter() - started)
+        return self._serialize(status, response_headers, body)
 
-    def _finish(self, response: web.Response, body: bytes, ids: Any, headers: Any, started: float) -> bytes:
-        """The middleware's finishing touches, then the bytes aiohttp would have sent."""
+    def _error(self, exc: Exception, ids: Any, headers: Any, started: float) -> bytes:
+        """The middleware's answer to a failed run, as bytes."""
+        response = error_response(exc, ids, False, self._details, "POST", "/score")
+        body: bytes = response.body  # type: ignore[assignment]
         finish_response(
             response,
             "/score",
@@ -192,8 +221,7 @@ class FastScore:
             headers.get("Accept-Encoding"),
         )
         if response.compression:  # as aiohttp compresses a whole body it holds
-            compressor = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
-            body = compressor.compress(body) + compressor.flush()
+            body = _gzip(body)
             response.headers["Content-Encoding"] = "gzip"
         self._observe("POST", "/score", response.status, time.perf_counter() - started)
         return self._serialize(response.status, response.headers, body)
@@ -266,37 +294,53 @@ class _Head:
 def parse_head(head: bytes) -> _Head | None:
     """The head (without its blank line), or None when it cannot be framed as surely as
     aiohttp's parser frames it."""
-    lines = head.split(b"\r\n")
-    request_line = lines[0].split(b" ")
+    line_end = head.find(b"\r\n")
+    request_line = (head if line_end == -1 else head[:line_end]).split(b" ")
     if len(request_line) != 3:
         return None
     method, target, version = request_line
     if version not in (b"HTTP/1.1", b"HTTP/1.0") or _TOKEN.fullmatch(method) is None or method == b"CONNECT":
         return None
-    if _FORBIDDEN_BYTES.search(head.replace(b"\r\n", b"\t")) is not None:
-        return None  # a bare CR or LF, or a control character: aiohttp's to judge
-    candidate = method == b"POST" and target == b"/score" and version == b"HTTP/1.1" and head.isascii()
-    length = -1
-    pairs: list[tuple[str, str]] = []
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or _TOKEN.fullmatch(name) is None:
+    if line_end != -1 and _HEADER_LINES.fullmatch(head, line_end) is None:
+        return None  # a folded or malformed line, a bare CR or LF, a control character
+    lowered = head.lower()
+    if b"\r\ntransfer-encoding:" in lowered or b"\r\nupgrade:" in lowered:
+        return None
+    at = lowered.find(b"\r\ncontent-length:")
+    if at == -1:
+        length = 0
+        has_length = False
+    else:
+        if lowered.find(b"\r\ncontent-length:", at + 1) != -1:
+            return None  # two lengths: aiohttp refuses, or picks one; either way not ours
+        value_at = at + len(b"\r\ncontent-length:")
+        value_end = head.find(b"\r\n", value_at)
+        value = head[value_at : None if value_end == -1 else value_end].strip(b" \t")
+        if not value.isdigit() or len(value) > 15:
             return None
-        value = value.strip(b" \t")
-        lowered = name.lower()
-        if lowered == b"content-length":
-            if length != -1 or not value.isdigit() or len(value) > 15:
-                return None
-            length = int(value)
-        elif lowered in (b"transfer-encoding", b"upgrade"):
-            return None
-        elif lowered == b"expect" or (lowered == b"connection" and value.lower() != b"keep-alive"):
-            candidate = False  # aiohttp answers 100-continue and closes connections
-        if candidate:
-            pairs.append((name.decode("ascii"), value.decode("ascii")))
-    if length == -1:
-        return _Head(0, False, pairs)
-    return _Head(length, candidate, pairs)
+        length = int(value)
+        has_length = True
+    candidate = (
+        has_length
+        and method == b"POST"
+        and target == b"/score"
+        and version == b"HTTP/1.1"
+        and b"\r\nexpect:" not in lowered  # aiohttp answers 100-continue
+        and head.isascii()
+    )
+    if candidate:
+        at = lowered.find(b"\r\nconnection:")
+        if at != -1:
+            value_end = lowered.find(b"\r\n", at + 2)
+            value = lowered[at + len(b"\r\nconnection:") : None if value_end == -1 else value_end]
+            candidate = value.strip(b" \t") == b"keep-alive"  # anything else: aiohttp's to close
+    if not candidate:
+        return _Head(length, False, [])
+    pairs = []
+    for line in head[line_end + 2 :].decode("ascii").split("\r\n"):
+        name, _, value = line.partition(":")
+        pairs.append((name, value.strip(" \t")))
+    return _Head(length, True, pairs)
 
 
 class FastRequestHandler(RequestHandler):

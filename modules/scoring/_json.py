@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import threading
 from typing import Any
 
 import numpy as np
@@ -36,16 +37,28 @@ for _char, _mark in ((".", "."), ("e", "e"), ("E", "e"), ("+", "+"), ("-", "-"),
     _MARKS[ord(_char)] = ord(_mark)
 _MARKS = bytes(_MARKS)
 _LONG_RUN = b"d" * 19
-# An integer literal follows a separator (an opener or b" "), with or without a sign.
-_LONG_INTEGER = tuple(sep + sign + _LONG_RUN for sep in (b" ", b"[") for sign in (b"", b"-"))
 _RUN_REST = re.compile(rb"d*")
 _RUNS_LOOKED_AT_ONE_BY_ONE = 8
 _ORJSON_MAX_DEPTH = 1024
 _STACK_MARGIN = 64  # frames between here and the standard library's scanner, and then some
+# Most callers are this shallow: below it, one C call tells instead of a walk up the stack.
+_SHALLOW_STACK = 256
+
+
+def _is_integer_part(marks: bytes, at: int, end: int) -> bool:
+    """Whether the digit run marks[at:end] is an integer literal (not a fraction, an exponent
+    or the integer part of a float)."""
+    if at:
+        before = marks[at - 1 : at]
+        if before == b"-" and marks[at - 2 : at - 1] != b"e":
+            before = b" "  # a sign, not an exponent's (or the text's first character)
+        if before not in (b" ", b"["):
+            return False
+    return marks[end : end + 1] not in (b".", b"e")
 
 
 def _long_integer_in(marks: bytes) -> bool:
-    """True if `marks` (see _MARKS, with a leading b" ") may hold an integer of 19+ digits.
+    """True if `marks` (the text through _MARKS) may hold an integer of 19+ digits.
 
     A long run of digits in a fraction (`0.0010000000474974513`, common in float32 data) or an
     exponent is a float to both parsers; so is one followed by `.` or `e`. False alarms only
@@ -55,29 +68,36 @@ def _long_integer_in(marks: bytes) -> bool:
     if at == -1:
         return False
     for _ in range(_RUNS_LOOKED_AT_ONE_BY_ONE):  # the usual case: a few runs, all fractions
-        before = marks[at - 1 : at]
-        if before == b"-" and marks[at - 2 : at - 1] != b"e":
-            before = b" "  # a sign, not an exponent's
         end = _RUN_REST.match(marks, at).end()
-        if before in (b" ", b"[") and marks[end : end + 1] not in (b".", b"e"):
+        if _is_integer_part(marks, at, end):
             return True
         at = marks.find(_LONG_RUN, end)
         if at == -1:
             return False
-    # Many long runs (float32 data of small values): substring searches instead of a loop.
-    for needle in _LONG_INTEGER:
-        at = marks.find(needle)
-        for _ in range(_RUNS_LOOKED_AT_ONE_BY_ONE):
-            if at == -1:
-                break
-            end = _RUN_REST.match(marks, at + len(needle)).end()
-            if marks[end : end + 1] not in (b".", b"e"):
-                return True
-            at = marks.find(needle, end)
-        else:
-            if at != -1:
-                return True  # more integer parts of long floats than worth checking
-    return False
+    # Many long runs (float32 data of small values): every run at once, in numpy.
+    return _integer_run_in(marks)
+
+
+_D, _DOT, _E, _MINUS, _OPENER = (ord(char) for char in "d.e-[")
+_SEPARATORS = np.frombuffer(b" [", dtype=np.uint8)
+
+
+def _integer_run_in(marks: bytes) -> bool:
+    """`_long_integer_in` for texts with many long runs: a few array passes, not a search per
+    run (a substring search for a separator and 19 digits crawls through digit-heavy text)."""
+    array = np.frombuffer(marks, dtype=np.uint8)
+    digits = np.concatenate(([False], array == _D, [False]))
+    edges = np.flatnonzero(digits[1:] != digits[:-1])
+    starts, ends = edges[::2], edges[1::2]  # each run is array[start:end]
+    long = (ends - starts) >= len(_LONG_RUN)
+    starts, ends = starts[long], ends[long]
+    padded = np.concatenate(([ord(" ")], array, [ord(" ")]))
+    before, after = padded[starts], padded[ends + 1]  # padded[i + 1] is array[i]
+    # A sign, not an exponent's: the mark before it stands for the run's separator.
+    signed = before == _MINUS
+    before = np.where(signed & (padded[np.maximum(starts - 1, 0)] != _E), ord(" "), before)
+    integer = np.isin(before, _SEPARATORS) & (after != _DOT) & (after != _E)
+    return bool(integer.any())
 
 
 def _stack_depth() -> int:
@@ -85,6 +105,14 @@ def _stack_depth() -> int:
     while frame is not None:
         depth, frame = depth + 1, frame.f_back
     return depth
+
+
+def _stack_below(frames: int) -> bool:
+    try:
+        sys._getframe(frames)
+    except ValueError:
+        return True
+    return False
 
 
 def _deepest_nesting(data: bytes) -> int:
@@ -104,12 +132,38 @@ def _nesting_fits(data: bytes, marks: bytes) -> bool:
     The standard library raises RecursionError past the stack the caller has left, orjson only
     past 1024 levels: a document in between must get the standard library's error.
     """
-    room = sys.getrecursionlimit() - _stack_depth() - _STACK_MARGIN
-    if room > _ORJSON_MAX_DEPTH:
+    limit = sys.getrecursionlimit()
+    if limit - _SHALLOW_STACK - _STACK_MARGIN > _ORJSON_MAX_DEPTH and _stack_below(_SHALLOW_STACK):
         return True
-    if marks.count(b"[") < room:  # it cannot nest deeper than it has openers
+    openers = int(np.count_nonzero(np.frombuffer(marks, dtype=np.uint8) == _OPENER))
+    if openers < limit - _SHALLOW_STACK - _STACK_MARGIN and _stack_below(_SHALLOW_STACK):
+        return True  # it cannot nest deeper than it has openers, nor the stack be deeper
+    room = limit - _stack_depth() - _STACK_MARGIN
+    if room > _ORJSON_MAX_DEPTH or openers < room:
         return True
     return _deepest_nesting(data) < room
+
+
+class _KnownText(threading.local):
+    """The text of a body the host decoded itself, with the bytes it came from: the script's
+    `json.loads` of that very text then reads those bytes instead of encoding it again."""
+
+    text: str | None = None
+    data: bytes = b""
+
+
+_known = _KnownText()
+
+
+def known_utf8(text: str, data: bytes) -> None:
+    """`text` is exactly `data` decoded as UTF-8 (until `forget_utf8()`, on this thread)."""
+    _known.text = text
+    _known.data = data
+
+
+def forget_utf8() -> None:
+    _known.text = None
+    _known.data = b""
 
 
 def loads(s: str | bytes | bytearray, *args: Any, **kwargs: Any) -> Any:
@@ -118,17 +172,20 @@ def loads(s: str | bytes | bytearray, *args: Any, **kwargs: Any) -> Any:
         return stdlib_loads(s, *args, **kwargs)
     kind = type(s)  # exact types: a subclass may override encode() or __bytes__
     if kind is str:
-        try:
-            data = s.encode("utf-8")  # type: ignore[union-attr]
-        except UnicodeEncodeError:  # lone surrogates: only the standard library takes them
-            return stdlib_loads(s)
+        if s is _known.text:
+            data = _known.data
+        else:
+            try:
+                data = s.encode("utf-8")  # type: ignore[union-attr]
+            except UnicodeEncodeError:  # lone surrogates: only the standard library takes them
+                return stdlib_loads(s)
     elif kind is bytes:
         data = s  # type: ignore[assignment]
     elif kind is bytearray:
         data = bytes(s)
     else:
         return stdlib_loads(s)  # other types: the standard library's answer or TypeError
-    marks = (b" " + data).translate(_MARKS)
+    marks = data.translate(_MARKS)
     if _long_integer_in(marks) or not _nesting_fits(data, marks):
         return stdlib_loads(s)
     try:

@@ -10,6 +10,7 @@ import inspect
 import json
 import math
 import sys
+import threading
 import types
 
 import pytest
@@ -236,3 +237,43 @@ def test_a_served_script_reads_big_integers_and_nan_as_before(serve_host, body):
 
     assert response.status_code == 200
     assert f'"echo": {body}' in response.text
+
+
+def test_the_text_of_a_body_the_host_decoded_is_read_from_its_own_bytes_on_that_thread_only():
+    # The slot's contract is that the bytes are the text's UTF-8; bytes that differ show which
+    # one was read.
+    text = "[1]"
+    _json.known_utf8(text, b"[2]")
+    try:
+        assert _json.loads(text) == [2]
+        assert _json.loads("[1]" + "") == [2]  # the same object, interned
+        assert _json.loads("".join(["[", "1", "]"])) == [1]  # equal text, another object
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(_json.loads(text)))
+        thread.start()
+        thread.join()
+        assert seen == [[1]]
+    finally:
+        _json.forget_utf8()
+    assert _json.loads(text) == [1]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "12345678901234567890",
+        "-12345678901234567890",
+        "12345678901234567890.5",
+        "1234567890123456789e5",
+        "[" + "0.0012739233206957579, " * 20 + "-12345678901234567890]",
+        "[" + "0.0012739233206957579, " * 20 + "12345678901234567890]",
+        "[" + "0.0012739233206957579, " * 20 + "12345678901234567890.25]",
+        "[" + "0.0012739233206957579, " * 20 + "[-12345678901234567890]]",
+        "[" + "0.0012739233206957579, " * 20 + "1e-12345678901234567890]",
+        "[" + "0.0012739233206957579, " * 20 + "1E+12345678901234567890]",
+        '{"a": [' + "0.0012739233206957579, " * 20 + '0], "b": 12345678901234567890}',
+        "[" + "12345678901234567890.5, " * 20 + "-1234567890123456789.0]",
+    ],
+)
+def test_long_digit_runs_at_the_start_or_after_many_fractions_read_the_same(text):
+    assert_same_outcome(text)
