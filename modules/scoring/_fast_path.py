@@ -54,9 +54,6 @@ _MAX_HEAD = 16 * 1024
 # A /score body is held here until complete up to this size; larger ones stream into aiohttp.
 _MAX_FAST_BODY = 256 * 1024
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# What aiohttp refuses in a response header; in a request head (CR and LF aside), what makes
-# it too unusual to answer here.
-_FORBIDDEN_TEXT = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # Header lines as aiohttp's parser reads them surely: a name, a colon, a value without CR, LF or
 # other control characters.
 _HEADER_LINES = re.compile(rb"(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*)*")
@@ -87,6 +84,31 @@ def supported() -> bool:
     for cls in RequestHandler.__mro__:
         slots.update(getattr(cls, "__slots__", ()))
     return all(name in slots for name in _NEEDED)
+
+
+# Headers the host sets on a reply (or aiohttp adds): a script's reply naming one of them takes
+# the path that keeps the mapping's replace-or-add semantics.
+_SET_HERE = frozenset(
+    {
+        "x-ms-run-function-failed",
+        "x-ms-run-fn-exec-ms",
+        "x-request-id",
+        "x-ms-request-id",
+        "x-ms-client-request-id",
+        "traceid",
+        "vary",
+        "content-encoding",
+        "date",
+        "server",
+    }
+)
+_CRLF = "\r\n"
+
+
+def _plain(items: list[tuple[str, str]]) -> bool:
+    """The script's reply has a Content-Type and none of the headers the host sets."""
+    names = {name.lower() for name, _ in items}
+    return "content-type" in names and names.isdisjoint(_SET_HERE)
 
 
 def _gzip(body: bytes) -> bytes:
@@ -146,7 +168,7 @@ class FastScore:
     def max_body(self) -> int:
         return self._max_body
 
-    def answer(self, pairs: list[tuple[str, str]], body: bytes) -> bytes | _Streamed | None:
+    def answer(self, headers: CIMultiDictProxy[str], body: bytes) -> bytes | _Streamed | None:
         """The whole response, or None when aiohttp must answer (nothing has run then)."""
         started = time.perf_counter()
         host = self._host
@@ -156,7 +178,6 @@ class FastScore:
         score_now = getattr(handler, "score_now", None)
         if score_now is None or handler.raw_requests or not handler.runs_inline(len(body)):
             return None
-        headers: CIMultiDict[str] = CIMultiDict(pairs)
         if self._auth and not self._allows(headers.get("Authorization")):
             return None
         if self._cors and "Origin" in headers:
@@ -167,7 +188,7 @@ class FastScore:
             return None
         self.answered += 1
         try:
-            reply: AMLResponse = score_now(AMLRequest("POST", "/score", "", CIMultiDictProxy(headers), body))
+            reply: AMLResponse = score_now(AMLRequest("POST", "/score", "", headers, body))
             return self._reply(reply, ids, headers, started)
         except Exception as exc:
             return self._error(exc, ids, headers, started)
@@ -177,6 +198,28 @@ class FastScore:
         exec_ms = reply.exec_ms if reply.exec_ms is not None else (time.perf_counter() - started) * 1000
         failed = reply.run_function_failed or reply.status_code >= 500
         items = reply.header_items()
+        status = reply.status_code
+        body = reply.body
+        least = self._gzip_min_bytes
+        if (
+            reply.stream is None
+            and (least is None or len(body) < least)
+            and status not in EMPTY_BODY_STATUS_CODES
+            and _plain(items)
+        ):
+            # The usual reply: none of the headers below replaces one of the script's, and it
+            # is too small for gzip (so no Vary either). The same lines, without the mappings.
+            lines = [f"{name}: {value}" for name, value in items]
+            lines.append(f"x-ms-run-function-failed: {'True' if failed else 'False'}")
+            lines.append(f"x-ms-run-fn-exec-ms: {exec_ms:.3f}")
+            lines += ids.lines(headers.get("TraceId"))
+            lines.append(f"Content-Length: {len(body)}")
+            lines.append(f"Date: {self._date()}")
+            lines.append(f"Server: {SERVER_SOFTWARE}")
+            self._observe("POST", "/score", status, time.perf_counter() - started)
+            return (
+                f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n{_CRLF.join(lines)}\r\n\r\n".encode() + body
+            )
         items.append(("x-ms-run-function-failed", "True" if failed else "False"))
         items.append(("x-ms-run-fn-exec-ms", f"{exec_ms:.3f}"))
         if reply.stream is not None and reply.status_code not in EMPTY_BODY_STATUS_CODES:
@@ -187,15 +230,9 @@ class FastScore:
             def done() -> None:
                 self._observe("POST", "/score", status, time.perf_counter() - started)
 
-            head = self._head(status, response_headers, None)
-            if head is None:
-                done()
-                return self._refused()
-            return _Streamed(head, reply.stream, done)
+            return _Streamed(self._head(status, response_headers, None), reply.stream, done)
         # What the route's web.Response and the middleware make of it, without the objects.
         response_headers = CIMultiDict(items)
-        body = reply.body
-        status = reply.status_code
         gzip_min_bytes = self._gzip_min_bytes
         accept_encoding = headers.get("Accept-Encoding")
         if gzip_min_bytes is not None and gzip_wanted(
@@ -228,24 +265,16 @@ class FastScore:
 
     def _serialize(self, status: int, headers: Any, body: bytes) -> bytes:
         head = self._head(status, headers, body)
-        if head is None:
-            return self._refused()
         return head if status in EMPTY_BODY_STATUS_CODES else head + body
 
-    def _refused(self) -> bytes:
-        # What aiohttp does with a header it must not send: no part of that answer goes out.
-        log.error("run() returned a header with a control character; answering 500")
-        head = self._head(500, {"Content-Type": "text/plain; charset=utf-8"}, b"")
-        assert head is not None
-        return head
+    def _head(self, status: int, headers: Any, body: bytes | None) -> bytes:
+        """Status line and headers as aiohttp writes them (`body` None: chunked).
 
-    def _head(self, status: int, headers: Any, body: bytes | None) -> bytes | None:
-        """Status line and headers as aiohttp writes them (`body` None: chunked); None if a
-        header holds a character aiohttp refuses to send."""
+        No value can hold a character aiohttp refuses to send: the script's headers are checked
+        by `header_items()`, the echoed ids come from a head `parse_head` checked, and the rest
+        are the host's own."""
         lines = [f"HTTP/1.1 {status} {_REASONS.get(status, '')}"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
-        if _FORBIDDEN_TEXT.search("\t".join(lines)) is not None:
-            return None
         if status in EMPTY_BODY_STATUS_CODES:
             pass  # no body, so no framing header either
         elif body is None:
@@ -281,14 +310,14 @@ class FastScore:
 
 class _Head:
     """What the fast path reads of a request head: how long its message is, and whether it is
-    a `POST /score` it may answer (with its headers as text)."""
+    a `POST /score` it may answer (with its headers, read-only)."""
 
-    __slots__ = ("candidate", "length", "pairs")
+    __slots__ = ("candidate", "headers", "length")
 
-    def __init__(self, length: int, candidate: bool, pairs: list[tuple[str, str]]) -> None:
+    def __init__(self, length: int, candidate: bool, headers: CIMultiDictProxy[str] | None) -> None:
         self.length = length
         self.candidate = candidate
-        self.pairs = pairs
+        self.headers = headers
 
 
 def parse_head(head: bytes) -> _Head | None:
@@ -335,18 +364,25 @@ def parse_head(head: bytes) -> _Head | None:
             value = lowered[at + len(b"\r\nconnection:") : None if value_end == -1 else value_end]
             candidate = value.strip(b" \t") == b"keep-alive"  # anything else: aiohttp's to close
     if not candidate:
-        return _Head(length, False, [])
-    pairs = []
+        return _Head(length, False, None)
+    headers: CIMultiDict[str] = CIMultiDict()
     for line in head[line_end + 2 :].decode("ascii").split("\r\n"):
         name, _, value = line.partition(":")
-        pairs.append((name, value.strip(" \t")))
-    return _Head(length, True, pairs)
+        headers.add(name, value.strip(" \t"))
+    return _Head(length, True, CIMultiDictProxy(headers))
 
 
 class FastRequestHandler(RequestHandler):
     """aiohttp's connection protocol, answering tiny `POST /score` runs itself."""
 
-    __slots__ = ("_fast", "_fast_buffer", "_fast_busy", "_fast_handed_over", "_fast_passthrough")
+    __slots__ = (
+        "_fast",
+        "_fast_buffer",
+        "_fast_busy",
+        "_fast_handed_over",
+        "_fast_last_head",
+        "_fast_passthrough",
+    )
 
     def __init__(self, manager: web.Server, fast: FastScore, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -355,6 +391,7 @@ class FastRequestHandler(RequestHandler):
         self._fast_busy: asyncio.Task[None] | None = None
         self._fast_handed_over = False
         self._fast_passthrough = 0
+        self._fast_last_head: tuple[bytes, _Head] | None = None
 
     def data_received(self, data: bytes) -> None:
         if self._fast_handed_over:
@@ -405,17 +442,24 @@ class FastRequestHandler(RequestHandler):
                 else:
                     self._fast_buffer = data[position:]
                 return
-            head = parse_head(data[position:end])
-            if head is None:
-                self._hand_over(data[position:])
-                return
+            raw_head = data[position:end]
+            last = self._fast_last_head
+            if last is not None and last[0] == raw_head:
+                head: _Head | None = last[1]  # a client sends the same head again and again
+            else:
+                head = parse_head(raw_head)
+                if head is None:
+                    self._hand_over(data[position:])
+                    return
+                self._fast_last_head = (raw_head, head)
             message_end = end + 4 + head.length
             if head.candidate and head.length <= self._fast.max_body:
                 if message_end > size:  # the body is still coming
                     self._fast_buffer = data[position:]
                     return
                 if self._aiohttp_idle():
-                    answer = self._fast.answer(head.pairs, data[end + 4 : message_end])
+                    assert head.headers is not None
+                    answer = self._fast.answer(head.headers, data[end + 4 : message_end])
                     if answer is not None:
                         self._send(answer, data[message_end:])
                         if self._fast_busy is not None:

@@ -84,9 +84,13 @@ class Handler(ABC):
             result = work(argument)
         finally:
             elapsed = time.perf_counter() - started
-            cpu = thread_time() - cpu_started
             asyncio._set_running_loop(running)
-            self.inline.record_inline(elapsed, cpu, switches < 0 or voluntary_switches() != switches)
+            if elapsed > self.inline.threshold:  # only a slow run is asked why it was slow
+                cpu = thread_time() - cpu_started
+                blocked = switches < 0 or voluntary_switches() != switches
+            else:
+                cpu, blocked = elapsed, False
+            self.inline.record_inline(elapsed, cpu, blocked)
         if elapsed > self._timeout_s:  # the answer the threaded path would have given
             raise ScoringTimeoutError(f"scoring timed out after {self.settings.scoring_timeout_ms} ms")
         return result

@@ -81,6 +81,11 @@ class ScoringHost:
         await self.handler.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
+    async def loaded(self) -> bool:
+        """Once loading is over (however long it takes): True if the model is ready."""
+        await self._loaded.wait()
+        return self.ready
+
     async def wait_ready(self) -> None:
         """Requests that arrive during init() wait for it, up to the scoring timeout."""
         if self.state == "ready":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -38,6 +39,7 @@ async def serve(settings: ScoringSettings) -> None:
     """Serve until cancelled; the listening address is logged once bound."""
     runner = _runner(settings)
     await runner.setup()
+    freezing = asyncio.create_task(_freeze_once_loaded(runner))
     try:
         site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
         await site.start()
@@ -46,7 +48,18 @@ async def serve(settings: ScoringSettings) -> None:
             log.info("listening on http://%s:%d", address[0], address[1])
         await asyncio.Event().wait()
     finally:
+        freezing.cancel()
         await runner.cleanup()
+
+
+async def _freeze_once_loaded(runner: web.AppRunner) -> None:
+    """In a process that only serves: what exists once the model is loaded lives as long as
+    the process, so it is frozen and the collector stops walking it on every full collection
+    while requests run."""
+    from ._app import HOST_KEY
+
+    if await runner.app[HOST_KEY].loaded():
+        gc.freeze()
 
 
 def _runner(settings: ScoringSettings) -> web.AppRunner:
@@ -65,11 +78,13 @@ async def serve_on_socket(
     await runner.setup()
     assert runner.server is not None
     acceptor = BalancedAcceptor(sock, runner.server, table, index)
+    freezing = asyncio.create_task(_freeze_once_loaded(runner))
     try:
         acceptor.start()
         log.debug("worker %d (pid %d) serving", index, os.getpid())
         await asyncio.Event().wait()
     finally:
+        freezing.cancel()
         acceptor.close()
         await runner.cleanup()
 
