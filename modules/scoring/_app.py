@@ -84,15 +84,6 @@ class RequestIds:
         self.legacy = legacy
         self.client = client
 
-    def lines(self, trace_id: str | None) -> list[str]:
-        """What `apply` sets, as header lines (for a mapping that holds none of them yet)."""
-        lines = [f"x-request-id: {self.request_id}", f"x-ms-request-id: {self.legacy}"]
-        if self.client:
-            lines.append(f"x-ms-client-request-id: {self.client}")
-        if trace_id is not None:
-            lines.append(f"TraceId: {trace_id}")
-        return lines
-
     def apply(self, headers: Any, trace_id: str | None) -> None:
         headers["x-request-id"] = self.request_id
         headers["x-ms-request-id"] = self.legacy

@@ -86,29 +86,20 @@ def supported() -> bool:
     return all(name in slots for name in _NEEDED)
 
 
-# Headers the host sets on a reply (or aiohttp adds): a script's reply naming one of them takes
-# the path that keeps the mapping's replace-or-add semantics.
-_SET_HERE = frozenset(
-    {
-        "x-ms-run-function-failed",
-        "x-ms-run-fn-exec-ms",
-        "x-request-id",
-        "x-ms-request-id",
-        "x-ms-client-request-id",
-        "traceid",
-        "vary",
-        "content-encoding",
-        "date",
-        "server",
-    }
+# A 200 the host wrote from run()'s result, as the general path below writes it.
+_JSON_200 = (
+    "HTTP/1.1 200 OK\r\n"
+    "Content-Type: application/json\r\n"
+    "x-ms-run-function-failed: False\r\n"
+    "x-ms-run-fn-exec-ms: %.3f\r\n"
+    "x-request-id: %s\r\n"
+    "x-ms-request-id: %s\r\n"
+    "%s"
+    "Content-Length: %d\r\n"
+    "Date: %s\r\n"
+    f"Server: {SERVER_SOFTWARE}\r\n"
+    "\r\n"
 )
-_CRLF = "\r\n"
-
-
-def _plain(items: list[tuple[str, str]]) -> bool:
-    """The script's reply has a Content-Type and none of the headers the host sets."""
-    names = {name.lower() for name, _ in items}
-    return "content-type" in names and names.isdisjoint(_SET_HERE)
 
 
 def _gzip(body: bytes) -> bytes:
@@ -196,30 +187,22 @@ class FastScore:
     def _reply(self, reply: AMLResponse, ids: Any, headers: Any, started: float) -> bytes | _Streamed:
         """What the app's `/score` route and middleware make of run()'s reply, as bytes."""
         exec_ms = reply.exec_ms if reply.exec_ms is not None else (time.perf_counter() - started) * 1000
-        failed = reply.run_function_failed or reply.status_code >= 500
-        items = reply.header_items()
         status = reply.status_code
         body = reply.body
         least = self._gzip_min_bytes
-        if (
-            reply.stream is None
-            and (least is None or len(body) < least)
-            and status not in EMPTY_BODY_STATUS_CODES
-            and _plain(items)
-        ):
-            # The usual reply: none of the headers below replaces one of the script's, and it
-            # is too small for gzip (so no Vary either). The same lines, without the mappings.
-            lines = [f"{name}: {value}" for name, value in items]
-            lines.append(f"x-ms-run-function-failed: {'True' if failed else 'False'}")
-            lines.append(f"x-ms-run-fn-exec-ms: {exec_ms:.3f}")
-            lines += ids.lines(headers.get("TraceId"))
-            lines.append(f"Content-Length: {len(body)}")
-            lines.append(f"Date: {self._date()}")
-            lines.append(f"Server: {SERVER_SOFTWARE}")
-            self._observe("POST", "/score", status, time.perf_counter() - started)
-            return (
-                f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n{_CRLF.join(lines)}\r\n\r\n".encode() + body
-            )
+        if reply.json_only and status == 200 and (least is None or len(body) < least):
+            # The usual reply, whose headers are known: the same lines from a template.
+            extra = ""
+            if ids.client:
+                extra = f"x-ms-client-request-id: {ids.client}\r\n"
+            trace_id = headers.get("TraceId")
+            if trace_id is not None:
+                extra += f"TraceId: {trace_id}\r\n"
+            head = _JSON_200 % (exec_ms, ids.request_id, ids.legacy, extra, len(body), self._date())
+            self._observe("POST", "/score", 200, time.perf_counter() - started)
+            return head.encode() + body
+        failed = reply.run_function_failed or reply.status_code >= 500
+        items = reply.header_items()
         items.append(("x-ms-run-function-failed", "True" if failed else "False"))
         items.append(("x-ms-run-fn-exec-ms", f"{exec_ms:.3f}"))
         if reply.stream is not None and reply.status_code not in EMPTY_BODY_STATUS_CODES:

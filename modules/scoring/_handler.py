@@ -185,4 +185,5 @@ def json_reply(result: Any, status: int = 200) -> AMLResponse:
         raise RunFailedError(f"run() returned a value that is not JSON-serialisable: {exc}") from None
     reply = AMLResponse(None, status)
     reply.body = body.encode()
+    reply.json_only = True
     return reply

@@ -401,6 +401,9 @@ class AMLResponse:
         self.run_function_failed = run_function_failed
         # How long run() took, in ms, when the handler measured it (x-ms-run-fn-exec-ms).
         self.exec_ms: float | None = None
+        # Set by the host for a reply it wrote itself from run()'s JSON-serialisable result: a
+        # JSON body and exactly the default Content-Type header.
+        self.json_only = False
 
     @property
     def status(self) -> str:
