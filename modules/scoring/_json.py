@@ -41,8 +41,6 @@ _RUN_REST = re.compile(rb"d*")
 _RUNS_LOOKED_AT_ONE_BY_ONE = 8
 _ORJSON_MAX_DEPTH = 1024
 _STACK_MARGIN = 64  # frames between here and the standard library's scanner, and then some
-# Most callers are this shallow: below it, one C call tells instead of a walk up the stack.
-_SHALLOW_STACK = 256
 
 
 def _is_integer_part(marks: bytes, at: int, end: int) -> bool:
@@ -78,7 +76,7 @@ def _long_integer_in(marks: bytes) -> bool:
     return _integer_run_in(marks)
 
 
-_D, _DOT, _E, _MINUS, _OPENER = (ord(char) for char in "d.e-[")
+_D, _DOT, _E, _MINUS = (ord(char) for char in "d.e-")
 _SEPARATORS = np.frombuffer(b" [", dtype=np.uint8)
 
 
@@ -107,14 +105,6 @@ def _stack_depth() -> int:
     return depth
 
 
-def _stack_below(frames: int) -> bool:
-    try:
-        sys._getframe(frames)
-    except ValueError:
-        return True
-    return False
-
-
 def _deepest_nesting(data: bytes) -> int:
     """How deep `data` nests, counting only brackets outside strings; huge when unsure."""
     if b"\\" in data:
@@ -132,14 +122,10 @@ def _nesting_fits(data: bytes, marks: bytes) -> bool:
     The standard library raises RecursionError past the stack the caller has left, orjson only
     past 1024 levels: a document in between must get the standard library's error.
     """
-    limit = sys.getrecursionlimit()
-    if limit - _SHALLOW_STACK - _STACK_MARGIN > _ORJSON_MAX_DEPTH and _stack_below(_SHALLOW_STACK):
+    room = sys.getrecursionlimit() - _stack_depth() - _STACK_MARGIN
+    if room > _ORJSON_MAX_DEPTH:
         return True
-    openers = int(np.count_nonzero(np.frombuffer(marks, dtype=np.uint8) == _OPENER))
-    if openers < limit - _SHALLOW_STACK - _STACK_MARGIN and _stack_below(_SHALLOW_STACK):
-        return True  # it cannot nest deeper than it has openers, nor the stack be deeper
-    room = limit - _stack_depth() - _STACK_MARGIN
-    if room > _ORJSON_MAX_DEPTH or openers < room:
+    if marks.count(b"[") < room:  # it cannot nest deeper than it has openers
         return True
     return _deepest_nesting(data) < room
 
