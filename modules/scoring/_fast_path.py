@@ -364,13 +364,17 @@ class FastRequestHandler(RequestHandler):
         "_fast_busy",
         "_fast_handed_over",
         "_fast_last_head",
+        "_fast_need",
         "_fast_passthrough",
     )
 
     def __init__(self, manager: web.Server, fast: FastScore, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._fast = fast
-        self._fast_buffer = b""
+        # Bytes not framed yet, and how many must be there before framing is worth trying again
+        # (a body trickling in is not copied and scanned again for every packet).
+        self._fast_buffer = bytearray()
+        self._fast_need = 0
         self._fast_busy: asyncio.Task[None] | None = None
         self._fast_handed_over = False
         self._fast_passthrough = 0
@@ -382,13 +386,15 @@ class FastRequestHandler(RequestHandler):
             return
         if self._force_close or self._close:
             return
-        if self._fast_buffer:
-            data = self._fast_buffer + data
-            self._fast_buffer = b""
-        if self._fast_busy is not None:  # a streamed answer is going out: the rest waits
-            self._fast_buffer = data
-            return
-        if self._fast_passthrough:  # the rest of a message aiohttp is reading
+        buffer = self._fast_buffer
+        if buffer or self._fast_busy is not None:
+            buffer += data
+            # While a streamed answer is going out, everything after it waits.
+            if self._fast_busy is not None or len(buffer) < self._fast_need:
+                return
+            data = bytes(buffer)
+            self._fast_buffer = bytearray()
+        elif self._fast_passthrough:  # the rest of a message aiohttp is reading
             owed = self._fast_passthrough
             if len(data) <= owed:
                 self._fast_passthrough = owed - len(data)
@@ -398,6 +404,10 @@ class FastRequestHandler(RequestHandler):
             super().data_received(data[:owed])
             data = data[owed:]
         self._frame(data)
+
+    def _keep(self, rest: bytes, need: int) -> None:
+        self._fast_buffer = bytearray(rest)
+        self._fast_need = need
 
     def _hand_over(self, data: bytes) -> None:
         self._fast_handed_over = True
@@ -423,7 +433,7 @@ class FastRequestHandler(RequestHandler):
                 if size - position > _MAX_HEAD:
                     self._hand_over(data[position:])
                 else:
-                    self._fast_buffer = data[position:]
+                    self._keep(data[position:], size - position + 1)
                 return
             raw_head = data[position:end]
             last = self._fast_last_head
@@ -438,7 +448,7 @@ class FastRequestHandler(RequestHandler):
             message_end = end + 4 + head.length
             if head.candidate and head.length <= self._fast.max_body:
                 if message_end > size:  # the body is still coming
-                    self._fast_buffer = data[position:]
+                    self._keep(data[position:], message_end - position)
                     return
                 if self._aiohttp_idle():
                     assert head.headers is not None
@@ -462,7 +472,7 @@ class FastRequestHandler(RequestHandler):
         if isinstance(answer, bytes):
             transport.write(answer)
             return
-        self._fast_buffer = rest
+        self._keep(rest, 0)
         self._fast_busy = self._loop.create_task(self._stream(transport, answer))
 
     async def _stream(self, transport: asyncio.Transport, streamed: _Streamed) -> None:
@@ -472,7 +482,8 @@ class FastRequestHandler(RequestHandler):
             self._fast_busy = None
         if self._keepalive_timeout:
             self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
-        rest, self._fast_buffer = self._fast_buffer, b""
+        rest = bytes(self._fast_buffer)
+        self._keep(b"", 0)
         if rest and self.transport is not None:
             self.data_received(rest)
 

@@ -249,6 +249,30 @@ def test_a_body_split_over_packets_is_still_answered_by_the_fast_path(pair) -> N
     assert fast.fast.answered == before + 3
 
 
+def test_a_body_trickling_in_small_packets_is_answered_once_whole(pair) -> None:
+    fast, _ = pair
+    message = _post(json.dumps({"kind": "echo", "name": "trickle", "padding": "." * 150}).encode())
+    before = fast.fast.answered
+    with _connect(fast) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for at in range(0, len(message), 7):
+            sock.sendall(message[at : at + 7])
+        status, _, body = _Reader(sock).response()
+    assert (status, json.loads(body)["name"]) == (200, "trickle")
+    assert fast.fast.answered == before + 1
+
+
+def test_requests_behind_a_streamed_answer_wait_for_its_end(pair) -> None:
+    fast, _ = pair
+    with _connect(fast) as sock:
+        sock.sendall(_post(json.dumps({"kind": "stream"}).encode()) + _post(_echo("after the stream")))
+        reader = _Reader(sock)
+        streamed, after = reader.response(), reader.response()
+    assert streamed[:1] == (200,) and streamed[1]["transfer-encoding"] == "chunked"
+    assert streamed[2] == b"".join(f"part {index};".encode() for index in range(5))
+    assert (after[0], json.loads(after[2])["name"]) == (200, "after the stream")
+
+
 def test_a_chunked_body_goes_to_aiohttp_with_the_rest_of_its_connection(pair) -> None:
     fast, _ = pair
     body = _echo("chunked")
