@@ -9,12 +9,13 @@ the event loop -- the connection's protocol answers itself, with the same run, i
 errors and metrics as the application: both build their answers from the same functions.
 
 Everything else goes to aiohttp exactly as it arrived: another route or method, a query, a
-browser's CORS request, a wrong key, an over-long id, a body over the
-limit, a run that belongs on the threads, a model not ready yet. So do requests while aiohttp
-still has one of the connection's requests queued or in progress, which keeps answers in order.
-aiohttp is only handed whole messages, cut where its own parser cuts them (at most one
-Content-Length, no Transfer-Encoding); a head that cannot be framed that surely hands the rest of
-the connection to aiohttp. `MODELFLEET_FAST_PATH=0` turns the fast path off.
+browser's CORS request, a wrong key, an over-long id, a compressed body, a body over the limit,
+a head aiohttp would refuse, a run that belongs on the threads, a model not ready yet. So do
+requests while aiohttp still has one of the connection's requests queued or in progress, which
+keeps answers in order. aiohttp is only handed whole messages, cut where its own parser cuts
+them (at most one Content-Length, no Transfer-Encoding); a head that cannot be framed that
+surely, or after which the connection closes, hands the rest of the connection to aiohttp.
+`MODELFLEET_FAST_PATH=0` turns the fast path off.
 """
 
 from __future__ import annotations
@@ -53,6 +54,31 @@ SWITCH = "MODELFLEET_FAST_PATH"
 _MAX_HEAD = 16 * 1024
 # A /score body is held here until complete up to this size; larger ones stream into aiohttp.
 _MAX_FAST_BODY = 256 * 1024
+# Bytes held behind a streamed answer before the connection stops being read.
+_MAX_HELD = 256 * 1024
+# aiohttp's own limits on a head: past them it answers 400 itself.
+_MAX_FIELD = 8190
+_MAX_HEADERS = 128
+# Headers aiohttp refuses to see twice (aiohttp.http_parser.SINGLETON_HEADERS).
+_SINGLETONS = frozenset(
+    {
+        "content-length",
+        "content-location",
+        "content-range",
+        "content-type",
+        "etag",
+        "host",
+        "max-forwards",
+        "server",
+        "transfer-encoding",
+        "user-agent",
+    }
+)
+# Heads with one of these are framed by aiohttp alone, for the rest of the connection.
+_NOT_FRAMED_HERE = (b"\r\ntransfer-encoding:", b"\r\nupgrade:", b"\r\nsec-websocket-key1:")
+# Requests with one of these are aiohttp's to answer: it answers 100-continue, and it inflates a
+# compressed body before the handler reads it.
+_NOT_ANSWERED_HERE = (b"\r\nexpect:", b"\r\ncontent-encoding:")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Header lines as aiohttp's parser reads them surely: a name, a colon, a value without CR, LF or
 # other control characters.
@@ -64,6 +90,10 @@ _STREAM_END = object()
 # What the aiohttp protocol keeps that the fast path reads; without them it stays off.
 _NEEDED = (
     "_request_count",
+    "_request_in_progress",
+    "_handler_waiter",
+    "_keepalive_timeout",
+    "_next_keepalive_close_time",
     "_waiter",
     "_messages",
     "_paused",
@@ -83,7 +113,7 @@ def supported() -> bool:
     slots: set[str] = set()
     for cls in RequestHandler.__mro__:
         slots.update(getattr(cls, "__slots__", ()))
-    return all(name in slots for name in _NEEDED)
+    return all(name in slots for name in _NEEDED) and callable(getattr(RequestHandler, "_drain_helper", None))
 
 
 # A 200 the host wrote from run()'s result, as the general path below writes it.
@@ -159,6 +189,10 @@ class FastScore:
     def max_body(self) -> int:
         return self._max_body
 
+    @property
+    def executor(self) -> Any:
+        return self._host.executor
+
     def answer(self, headers: CIMultiDictProxy[str], body: bytes) -> bytes | _Streamed | None:
         """The whole response, or None when aiohttp must answer (nothing has run then)."""
         started = time.perf_counter()
@@ -218,14 +252,14 @@ class FastScore:
         response_headers = CIMultiDict(items)
         gzip_min_bytes = self._gzip_min_bytes
         accept_encoding = headers.get("Accept-Encoding")
+        encoding = None
         if gzip_min_bytes is not None and gzip_wanted(
             response_headers, body, accept_encoding, gzip_min_bytes
         ):
-            body = _gzip(body)
-            response_headers["Content-Encoding"] = "gzip"
+            body, encoding = _gzip(body), "gzip"
         finish_headers(response_headers, "/score", False, status, ids, headers.get("TraceId"))
         self._observe("POST", "/score", status, time.perf_counter() - started)
-        return self._serialize(status, response_headers, body)
+        return self._serialize(status, response_headers, body, encoding)
 
     def _error(self, exc: Exception, ids: Any, headers: Any, started: float) -> bytes:
         """The middleware's answer to a failed run, as bytes."""
@@ -240,18 +274,19 @@ class FastScore:
             self._gzip_min_bytes,
             headers.get("Accept-Encoding"),
         )
+        encoding = None
         if response.compression:  # as aiohttp compresses a whole body it holds
-            body = _gzip(body)
-            response.headers["Content-Encoding"] = "gzip"
+            body, encoding = _gzip(body), "gzip"
         self._observe("POST", "/score", response.status, time.perf_counter() - started)
-        return self._serialize(response.status, response.headers, body)
+        return self._serialize(response.status, response.headers, body, encoding)
 
-    def _serialize(self, status: int, headers: Any, body: bytes) -> bytes:
-        head = self._head(status, headers, body)
+    def _serialize(self, status: int, headers: Any, body: bytes, encoding: str | None = None) -> bytes:
+        head = self._head(status, headers, body, encoding)
         return head if status in EMPTY_BODY_STATUS_CODES else head + body
 
-    def _head(self, status: int, headers: Any, body: bytes | None) -> bytes:
-        """Status line and headers as aiohttp writes them (`body` None: chunked).
+    def _head(self, status: int, headers: Any, body: bytes | None, encoding: str | None = None) -> bytes:
+        """Status line and headers as aiohttp writes them (`body` None: chunked; `encoding`: the
+        body's compression, whose header aiohttp adds after the length).
 
         No value can hold a character aiohttp refuses to send: the script's headers are checked
         by `header_items()`, the echoed ids come from a head `parse_head` checked, and the rest
@@ -264,6 +299,8 @@ class FastScore:
             lines.append("Transfer-Encoding: chunked")
         else:
             lines.append(f"Content-Length: {len(body)}")
+            if encoding is not None:
+                lines.append(f"Content-Encoding: {encoding}")
             if body and "Content-Type" not in headers:
                 lines.append("Content-Type: application/octet-stream")
         if "Date" not in headers:
@@ -272,23 +309,6 @@ class FastScore:
             lines.append(f"Server: {SERVER_SOFTWARE}")
         lines.append("\r\n")
         return "\r\n".join(lines).encode()
-
-    async def stream(self, transport: asyncio.Transport, streamed: _Streamed) -> None:
-        transport.write(streamed.head)
-        loop = asyncio.get_running_loop()
-        executor = self._host.executor
-        try:
-            while True:
-                chunk = await loop.run_in_executor(executor, next, streamed.chunks, _STREAM_END)
-                if chunk is _STREAM_END or transport.is_closing():
-                    break
-                data = chunk.encode() if isinstance(chunk, str) else bytes(chunk)
-                if data:
-                    transport.write(b"%x\r\n%s\r\n" % (len(data), data))
-        except Exception:
-            log.exception("the streamed response of run() failed part way")
-        transport.write(b"0\r\n\r\n")
-        streamed.on_done()
 
 
 class _Head:
@@ -316,8 +336,18 @@ def parse_head(head: bytes) -> _Head | None:
     if line_end != -1 and _HEADER_LINES.fullmatch(head, line_end) is None:
         return None  # a folded or malformed line, a bare CR or LF, a control character
     lowered = head.lower()
-    if b"\r\ntransfer-encoding:" in lowered or b"\r\nupgrade:" in lowered:
+    if any(needle in lowered for needle in _NOT_FRAMED_HERE):
         return None
+    # A request after which the connection closes gets the rest of the connection with it, as
+    # aiohttp alone would: it judges what follows such a request in the same read.
+    if version == b"HTTP/1.0":
+        return None
+    at = lowered.find(b"\r\nconnection:")
+    if at != -1:
+        value_end = lowered.find(b"\r\n", at + 2)
+        value = lowered[at + len(b"\r\nconnection:") : None if value_end == -1 else value_end]
+        if value.strip(b" \t") != b"keep-alive" or lowered.find(b"\r\nconnection:", at + 1) != -1:
+            return None
     at = lowered.find(b"\r\ncontent-length:")
     if at == -1:
         length = 0
@@ -336,22 +366,26 @@ def parse_head(head: bytes) -> _Head | None:
         has_length
         and method == b"POST"
         and target == b"/score"
-        and version == b"HTTP/1.1"
-        and b"\r\nexpect:" not in lowered  # aiohttp answers 100-continue
+        and line_end != -1
         and head.isascii()
+        and not any(needle in lowered for needle in _NOT_ANSWERED_HERE)
     )
-    if candidate:
-        at = lowered.find(b"\r\nconnection:")
-        if at != -1:
-            value_end = lowered.find(b"\r\n", at + 2)
-            value = lowered[at + len(b"\r\nconnection:") : None if value_end == -1 else value_end]
-            candidate = value.strip(b" \t") == b"keep-alive"  # anything else: aiohttp's to close
     if not candidate:
         return _Head(length, False, None)
     headers: CIMultiDict[str] = CIMultiDict()
+    names: list[str] = []
     for line in head[line_end + 2 :].decode("ascii").split("\r\n"):
         name, _, value = line.partition(":")
+        if len(line) > _MAX_FIELD:
+            return _Head(length, False, None)  # aiohttp's 400 for an over-long field
+        names.append(name.lower())
         headers.add(name, value.strip(" \t"))
+    if (
+        len(names) > _MAX_HEADERS
+        or "host" not in names  # HTTP/1.1 without a Host: aiohttp's 400
+        or len(set(names) & _SINGLETONS) != sum(1 for name in names if name in _SINGLETONS)
+    ):
+        return _Head(length, False, None)
     return _Head(length, True, CIMultiDictProxy(headers))
 
 
@@ -366,6 +400,7 @@ class FastRequestHandler(RequestHandler):
         "_fast_last_head",
         "_fast_need",
         "_fast_passthrough",
+        "_fast_reading_paused",
     )
 
     def __init__(self, manager: web.Server, fast: FastScore, **kwargs: Any) -> None:
@@ -379,9 +414,10 @@ class FastRequestHandler(RequestHandler):
         self._fast_handed_over = False
         self._fast_passthrough = 0
         self._fast_last_head: tuple[bytes, _Head] | None = None
+        self._fast_reading_paused = False
 
     def data_received(self, data: bytes) -> None:
-        if self._fast_handed_over:
+        if self._fast_handed_over or not data:  # b"": aiohttp resuming its paused parser
             super().data_received(data)
             return
         if self._force_close or self._close:
@@ -389,8 +425,15 @@ class FastRequestHandler(RequestHandler):
         buffer = self._fast_buffer
         if buffer or self._fast_busy is not None:
             buffer += data
-            # While a streamed answer is going out, everything after it waits.
-            if self._fast_busy is not None or len(buffer) < self._fast_need:
+            if self._fast_busy is not None:
+                # While a streamed answer is going out, everything after it waits, and past
+                # a bound the client waits too.
+                if len(buffer) > _MAX_HELD and not self._fast_reading_paused and self.transport:
+                    self._fast_reading_paused = True
+                    self.transport.pause_reading()
+                return
+            if len(buffer) < self._fast_need:
+                self._touch()  # a request still arriving is not an idle connection
                 return
             data = bytes(buffer)
             self._fast_buffer = bytearray()
@@ -467,23 +510,58 @@ class FastRequestHandler(RequestHandler):
     def _send(self, answer: bytes | _Streamed, rest: bytes) -> None:
         transport = self.transport
         assert transport is not None
-        if self._keepalive_timeout:
-            self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+        self._touch()
         if isinstance(answer, bytes):
             transport.write(answer)
             return
         self._keep(rest, 0)
+        # aiohttp's shutdown waits for a request in progress, as for one of its own.
+        self._request_in_progress = True
         self._fast_busy = self._loop.create_task(self._stream(transport, answer))
 
-    async def _stream(self, transport: asyncio.Transport, streamed: _Streamed) -> None:
-        try:
-            await self._fast.stream(transport, streamed)
-        finally:
-            self._fast_busy = None
+    def _touch(self) -> None:
+        """Count as activity for aiohttp's keep-alive timeout, which only sees its own requests."""
         if self._keepalive_timeout:
             self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+
+    async def _stream(self, transport: asyncio.Transport, streamed: _Streamed) -> None:
+        """A generator's chunks as they come, as the app's route sends them: each `next()` on
+        the threads, each write drained, and a connection cut (not ended) if it fails."""
+        loop = self._loop
+        try:
+            transport.write(streamed.head)
+            while True:
+                chunk = await loop.run_in_executor(self._fast.executor, next, streamed.chunks, _STREAM_END)
+                if chunk is _STREAM_END:
+                    break
+                data = chunk.encode() if isinstance(chunk, str) else bytes(chunk)
+                if data:
+                    transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+                    self._touch()
+                    if self._paused:
+                        await self._drain_helper()
+            transport.write(b"0\r\n\r\n")
+        except ConnectionError:
+            return  # the client went away: nothing left to tell it
+        except Exception:
+            # Headers are gone: the only honest signal left is a cut connection.
+            log.exception("the streamed response of run() failed part way")
+            transport.abort()
+            return
+        finally:
+            streamed.on_done()
+            self._fast_busy = None
+            self._request_in_progress = False
+            waiter = self._handler_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        self._touch()
         rest = bytes(self._fast_buffer)
         self._keep(b"", 0)
+        if self._fast_reading_paused:
+            self._fast_reading_paused = False
+            if not transport.is_closing():
+                transport.resume_reading()
         if rest and self.transport is not None:
             self.data_received(rest)
 

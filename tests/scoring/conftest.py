@@ -72,6 +72,8 @@ class RunningHost:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        if not self._thread.is_alive():
+            return  # stopped already (a test may stop a host to see how it shuts down)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(30)
 

@@ -1,6 +1,7 @@
 """run() answering in every way Azure ML's contract allows, chosen by the request's "kind"."""
 
 import json
+import time
 
 from azureml.contrib.services.aml_response import AMLResponse
 
@@ -34,6 +35,26 @@ def run(raw_data):
         return AMLResponse("x", 200, {"X-Bad": "one\ntwo"})
     if kind == "stream":
         return AMLResponse((f"part {index};" for index in range(5)), 200)
+    if kind == "big_response":
+        return AMLResponse(json.dumps({"rows": list(range(1000))}), 200, {"Content-Type": "application/json"})
+    if kind == "stream_fails":
+        return AMLResponse(_failing_parts(), 200)
+    if kind == "stream_slow":
+        return AMLResponse(_slow_parts(request.get("parts", 5), request.get("pause", 0.3)), 200)
+    if kind == "stream_big":
+        return AMLResponse((b"x" * (1 << 20) for _ in range(request.get("parts", 30))), 200)
     if kind == "not_json":
         return {1, 2}
     raise ValueError(f"unknown kind {kind}")
+
+
+def _failing_parts():
+    yield "one;"
+    yield "two;"
+    raise RuntimeError("the generator broke")
+
+
+def _slow_parts(parts, pause):
+    for index in range(parts):
+        time.sleep(pause)
+        yield f"part {index};"
