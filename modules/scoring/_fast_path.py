@@ -407,7 +407,8 @@ class FastRequestHandler(RequestHandler):
         super().__init__(manager, **kwargs)
         self._fast = fast
         # Bytes not framed yet, and how many must be there before framing is worth trying again
-        # (a body trickling in is not copied and scanned again for every packet).
+        # (a body trickling in is not copied and scanned again for every packet); negative: a
+        # head of that many bytes so far, searched for its end only in what comes after.
         self._fast_buffer = bytearray()
         self._fast_need = 0
         self._fast_busy: asyncio.Task[None] | None = None
@@ -434,6 +435,11 @@ class FastRequestHandler(RequestHandler):
                 return
             if len(buffer) < self._fast_need:
                 self._touch()  # a request still arriving is not an idle connection
+                return
+            scanned = -self._fast_need  # > 0: a head still arriving, this much of it searched
+            if scanned > 0 and len(buffer) <= _MAX_HEAD and buffer.find(b"\r\n\r\n", scanned - 3) == -1:
+                self._fast_need = -len(buffer)  # only the bytes that come next can end it
+                self._touch()
                 return
             data = bytes(buffer)
             self._fast_buffer = bytearray()
@@ -476,7 +482,7 @@ class FastRequestHandler(RequestHandler):
                 if size - position > _MAX_HEAD:
                     self._hand_over(data[position:])
                 else:
-                    self._keep(data[position:], size - position + 1)
+                    self._keep(data[position:], -(size - position))  # negative: a partial head
                 return
             raw_head = data[position:end]
             last = self._fast_last_head

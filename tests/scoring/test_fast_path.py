@@ -267,6 +267,21 @@ def test_a_body_trickling_in_small_packets_is_answered_once_whole(pair) -> None:
     assert fast.fast.answered == before + 1
 
 
+def test_a_head_trickling_in_byte_by_byte_is_read_once_whole(pair) -> None:
+    fast, _ = pair
+    message = _post(_echo("slow head"), "X-Padding: " + "p" * 3000 + "\r\n")
+    head_end = message.index(b"\r\n\r\n") + 4
+    before = fast.fast.answered
+    with _connect(fast) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for at in range(head_end):
+            sock.sendall(message[at : at + 1])
+        sock.sendall(message[head_end:])
+        status, _, body = _Reader(sock).response()
+    assert (status, json.loads(body)["name"]) == (200, "slow head")
+    assert fast.fast.answered == before + 1
+
+
 def test_requests_behind_a_streamed_answer_wait_for_its_end(pair) -> None:
     fast, _ = pair
     with _connect(fast) as sock:
